@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (install + main job) and `make test` (install + tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test install install-dev lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Core install (what `pixellm demo` needs).
+install: $(BIN)/python
+	$(PIP) install -c constraints.txt -e .
+
+# Everything the tests need: serve (gradio) and judge extras, pytest, ruff.
+install-dev: $(BIN)/python
+	$(PIP) install -c constraints.txt -e ".[dev]"
+
+demo: install
+	$(BIN)/pixellm demo --out $(DEMO_OUT)
+
+test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+bench: install-dev
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info src/*.egg-info
