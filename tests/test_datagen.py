@@ -96,7 +96,7 @@ def coco(tmp_path):
 def _good_generation(req):
     ids = [int(m) for m in re.findall(r"^\[(\d+)\]", FakeChat.prompt(req), flags=re.M)]
     pair = {"question": "Where do I put my drink after eating?",
-            "answer": f"Put it in the cup at the left {{seg}} next to the plate {{seg}}.",
+            "answer": "Put it in the cup at the left {seg} next to the plate {seg}.",
             "targets": ids[:2], "descriptions": ["the cup at the left", "the plate"]}
     return 200, "```json\n" + json.dumps({"pairs": [pair]}) + "\n```"
 
