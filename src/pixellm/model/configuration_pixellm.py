@@ -1,0 +1,256 @@
+"""``PixelLMConfig``: everything needed to build a PixelLM model, and the named presets.
+
+Presets are data (litgpt-style): ``PixelLMConfig.from_preset("pixellm-7b")``. The default
+field values reproduce the released model; the paper's variants are switches:
+
+- ``token_fusion``: ``"weighted_sum"`` (released; learnable weights initialised to 1/N) or
+  ``"linear"`` (a learned Linear(N*C, C) per scale).
+- ``mask_readout``: ``"first"`` (released: mask token 0) or ``"mean"`` (literal Algorithm 1).
+- ``shared_codebook``: one group of N tokens shared by all L scales (Table A.2) instead of N*L.
+- ``refinement_alpha``: target-refinement weight (1.0 = plain BCE).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from pixellm.errors import ConfigError
+
+# CLIP ViT-L/14-336, the released vision tower.
+CLIP_VIT_L_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+
+@strict
+class PixelLMConfig(PreTrainedConfig):
+    r"""Configuration of a PixelLM model.
+
+    Args:
+        vision_config: CLIP vision config (``clip_vision_model``).
+        text_config: config of any HF causal LM (LLaMA by default).
+        vision_tower: local folder (or hub name) of the CLIP weights, used by importers.
+        vision_select_layers: CLIP ``hidden_states`` indices; scale 0 (coarse) first. The first
+            one also feeds the LLM image tokens.
+        image_size: side of the square (padded) model input; CLIP position embeddings are
+            interpolated when it differs from ``vision_config.image_size``.
+        pos_interpolation: ``"released"`` reproduces the released checkpoint's interpolation
+            (last row treated as CLS); ``"correct"`` is the standard one.
+        llm_image_grid: the first selected layer's patch grid is resized to G x G LLM tokens.
+        num_tokens_per_scale: N codebook tokens per scale.
+        decoder_dim ...: pixel decoder sizes (SAM-style two-way transformer per scale).
+        pixel_detail_channels: 0 (released) or the width of an optional full-resolution conv
+            path over the input pixels whose features refine the final mask (useful for tiny
+            images whose patch grid is coarse).
+    """
+
+    model_type = "pixellm"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=dict(CLIP_VIT_L_336)
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_tower: str = "openai/clip-vit-large-patch14-336"
+    vision_select_layers: list[int] | tuple[int, ...] = (-2, -11)
+    image_size: int = 448
+    pos_interpolation: Literal["released", "correct"] = "correct"
+    llm_image_grid: int = 16
+    image_token_index: int = -200
+    mask_padded_image_tokens: bool = True
+    projector_hidden_act: str = "gelu"
+
+    # codebook and fusion
+    num_tokens_per_scale: int = 3
+    shared_codebook: bool = False
+    token_fusion: Literal["weighted_sum", "linear"] = "weighted_sum"
+    learnable_fusion_weights: bool = True
+    mask_readout: Literal["first", "mean"] = "first"
+    codebook_token_ids: list[int] | None = None
+    im_start_token_id: int | None = None
+    im_end_token_id: int | None = None
+
+    # pixel decoder
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    decoder_attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    pixel_detail_channels: int = 0
+
+    # losses (Table A.1)
+    ce_loss_weight: float = 1.0
+    ref_loss_weight: float = 2.0
+    dice_loss_weight: float = 0.5
+    refinement_alpha: float = 2.0
+
+    # LoRA (applied by the trainer through peft; recorded here when active so that
+    # from_pretrained can rebuild the adapter before loading an unmerged checkpoint)
+    lora: dict | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.vision_select_layers = [int(x) for x in self.vision_select_layers]
+        self.validate_pixellm()
+
+    # -- derived sizes ---------------------------------------------------------------------
+    @property
+    def num_scales(self) -> int:
+        return len(self.vision_select_layers)
+
+    @property
+    def num_codebook_tokens(self) -> int:
+        """Tokens per target group: N (shared codebook) or N*L."""
+        n = self.num_tokens_per_scale
+        return n if self.shared_codebook else n * self.num_scales
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.llm_image_grid**2
+
+    @property
+    def vision_grid(self) -> int:
+        return self.image_size // self.vision_config.patch_size
+
+    def validate_pixellm(self) -> None:
+        def bad(field: str, msg: str) -> None:
+            raise ConfigError(f"PixelLMConfig.{field}: {msg}")
+
+        if self.num_scales < 1:
+            bad("vision_select_layers", "select at least one layer")
+        n_states = self.vision_config.num_hidden_layers + 1
+        for layer in self.vision_select_layers:
+            if not -n_states <= layer < n_states:
+                bad("vision_select_layers", f"layer {layer} out of range for {n_states - 1} CLIP layers")
+        if self.image_size % self.vision_config.patch_size:
+            bad("image_size", f"{self.image_size} is not a multiple of patch size {self.vision_config.patch_size}")
+        if self.llm_image_grid > self.vision_grid:
+            bad("llm_image_grid", f"{self.llm_image_grid} exceeds the patch grid {self.vision_grid}")
+        if self.token_fusion not in ("weighted_sum", "linear"):
+            bad("token_fusion", f"unknown value {self.token_fusion!r} (weighted_sum | linear)")
+        if self.mask_readout not in ("first", "mean"):
+            bad("mask_readout", f"unknown value {self.mask_readout!r} (first | mean)")
+        if self.pos_interpolation not in ("released", "correct"):
+            bad("pos_interpolation", f"unknown value {self.pos_interpolation!r} (released | correct)")
+        if self.decoder_dim % self.decoder_heads or self.decoder_dim % 8:
+            bad("decoder_dim", "must be divisible by decoder_heads and by 8")
+        if self.codebook_token_ids is not None and len(self.codebook_token_ids) != self.num_codebook_tokens:
+            bad(
+                "codebook_token_ids",
+                f"{len(self.codebook_token_ids)} ids for {self.num_codebook_tokens} codebook tokens",
+            )
+
+    def set_token_ids(self, codebook_token_ids: list[int], im_start: int | None, im_end: int | None) -> None:
+        """Record the ids of the added tokens (after they were added to the tokenizer)."""
+        self.codebook_token_ids = [int(i) for i in codebook_token_ids]
+        self.im_start_token_id = im_start
+        self.im_end_token_id = im_end
+        self.validate_pixellm()
+
+    # -- presets ---------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> PixelLMConfig:
+        """Build a named configuration: ``pixellm-7b``, ``pixellm-13b`` or ``tiny``."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = copy.deepcopy(PRESETS[name]())
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def _llama(hidden: int, layers: int, heads: int, intermediate: int, vocab: int, **extra: Any) -> dict:
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "intermediate_size": intermediate,
+        "vocab_size": vocab,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        **extra,
+    }
+
+
+def _released(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
+    vocab = 32000 + 8  # LLaMA vocabulary + [SEG0]..[SEG5], <im_start>, <im_end>
+    return {
+        "vision_config": {"model_type": "clip_vision_model", **CLIP_VIT_L_336},
+        "text_config": _llama(hidden, layers, heads, intermediate, vocab),
+        "pos_interpolation": "released",
+        "codebook_token_ids": list(range(32000, 32006)),
+        "im_start_token_id": 32006,
+        "im_end_token_id": 32007,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_tokenizer_layout(num_codebook_tokens: int) -> tuple[int, list[int], int, int]:
+    from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    add_codebook_tokens(tok, num_codebook_tokens)
+    ids = tok.convert_tokens_to_ids([f"[SEG{i}]" for i in range(num_codebook_tokens)])
+    im_start, im_end = tok.convert_tokens_to_ids(["<im_start>", "<im_end>"])
+    return len(tok), list(ids), im_start, im_end
+
+
+def _tiny() -> dict:
+    # The tiny tokenizer is trained offline (deterministic, < 1 s); its size fixes the vocabulary.
+    vocab_size, codebook_ids, im_start, im_end = _tiny_tokenizer_layout(6)
+    return {
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "patch_size": 8,
+            "image_size": 64,
+            "projection_dim": 128,
+            "hidden_act": "quick_gelu",
+        },
+        "text_config": _llama(256, 4, 4, 688, vocab_size),
+        "vision_tower": "",
+        "vision_select_layers": [-1, -3],
+        "image_size": 64,
+        "llm_image_grid": 4,
+        "decoder_dim": 64,
+        "decoder_heads": 4,
+        "decoder_mlp_dim": 256,
+        "pixel_detail_channels": 16,
+        "codebook_token_ids": codebook_ids,
+        "im_start_token_id": im_start,
+        "im_end_token_id": im_end,
+    }
+
+
+PRESETS = {
+    "pixellm-7b": lambda: _released(4096, 32, 32, 11008),
+    "pixellm-13b": lambda: _released(5120, 40, 40, 13824),
+    "tiny": _tiny,
+}

@@ -1,0 +1,399 @@
+"""``PixelLMForCausalLM``: CLIP + any HF causal LM + segmentation codebook + pixel decoder.
+
+Flow of one forward pass (SPEC section 2):
+
+1. CLIP (frozen) -> selected hidden states ``L x [B, G*G, C_v]`` (padded patches masked).
+2. Scale 0 resized to ``g x g`` -> ``mm_projector`` -> ``g*g`` LLM image tokens, placed where
+   ``input_ids == image_token_index``.
+3. Every scale -> ``out_mm_projector`` -> ``image_feature_neck`` -> decoder features
+   ``[B, L, C, G, G]``.
+4. LLM -> final (post-norm) hidden states; the state *before* each codebook token ->
+   ``text_hidden_fcs`` -> token fusion -> one embedding per target and scale.
+5. Pixel decoder -> per-scale masks -> mask fusion -> (optional detail path) -> resize to the
+   padded input, crop the real image, resize to its original size.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, CLIPVisionModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from pixellm.errors import InputError
+from pixellm.losses import dice_per_mask, refinement_bce_per_mask
+from pixellm.model.codebook import MaskFusion, TokenFusion, build_text_hidden_fcs
+from pixellm.model.configuration_pixellm import PixelLMConfig
+from pixellm.model.detail import PixelDetailPath
+from pixellm.model.mask_decoder import MultiScaleMaskDecoder
+from pixellm.model.projector import build_neck, build_projector
+from pixellm.model.prompt_encoder import PromptEncoder
+from pixellm.model.vision import clip_multiscale_features, patch_validity
+
+
+@dataclass
+class PixelLMOutput(ModelOutput):
+    """Output of ``PixelLMForCausalLM.forward``.
+
+    Attributes:
+        loss: ``ce_w * ce_loss + ref_w * ref_loss + dice_w * dice_loss`` (when labels are given).
+        ce_loss, ref_loss, dice_loss: the parts (``mask_loss = ref_w*ref + dice_w*dice``).
+        logits: ``B x T x V`` next-token logits.
+        pred_masks: B tensors ``K_b x H_b x W_b`` of mask logits at each image's original size.
+        seg_embeddings: ``K x L x C`` fused codebook embeddings of all targets of the batch.
+        num_targets: ``K_b`` per sample.
+    """
+
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    ref_loss: torch.Tensor | None = None
+    dice_loss: torch.Tensor | None = None
+    mask_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_masks: list[torch.Tensor] | None = None
+    seg_embeddings: torch.Tensor | None = None
+    num_targets: list[int] | None = None
+
+
+@dataclass
+class ImageFeatures:
+    """One vision pass, shared by the LLM (``llm_tokens``) and the pixel decoder."""
+
+    llm_tokens: torch.Tensor  # B x g*g x H
+    decoder: torch.Tensor  # B x L x C x G x G
+    detail: torch.Tensor | None  # B x D x S x S (detail path) or None
+    resized_sizes: torch.Tensor  # B x 2
+    original_sizes: torch.Tensor  # B x 2
+
+    def select(self, index: torch.Tensor | list[int]) -> ImageFeatures:
+        index = torch.as_tensor(index, dtype=torch.long, device=self.decoder.device)
+        return ImageFeatures(
+            self.llm_tokens[index], self.decoder[index],
+            None if self.detail is None else self.detail[index],
+            self.resized_sizes[index.to(self.resized_sizes.device)],
+            self.original_sizes[index.to(self.original_sizes.device)],
+        )
+
+
+class PixelLMPreTrainedModel(PreTrainedModel):
+    config_class = PixelLMConfig
+    config: PixelLMConfig
+    base_model_prefix = "pixellm"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Our own modules keep PyTorch's default initialisation; the fusion weights start at
+        # 1/N and 1/L (= the released model's fixed values). CLIP and the LLM are nested
+        # PreTrainedModels and initialise themselves.
+        if isinstance(module, (TokenFusion, MaskFusion)):
+            module.reset_parameters()
+
+
+class PixelLMForCausalLM(PixelLMPreTrainedModel):
+    """PixelLM model. Non-LLM modules keep the released attribute names."""
+
+    def __init__(self, config: PixelLMConfig) -> None:
+        super().__init__(config)
+        # transformers keeps configs by reference: give the sub-models their own copies.
+        vision_config = copy.deepcopy(config.vision_config)
+        text_config = copy.deepcopy(config.text_config)
+        hidden, vision_dim, dim = text_config.hidden_size, vision_config.hidden_size, config.decoder_dim
+
+        self.vision_tower = CLIPVisionModel(vision_config)
+        self.language_model = AutoModelForCausalLM.from_config(text_config)
+        self.mm_projector = build_projector(vision_dim, hidden, config.projector_hidden_act)
+        self.out_mm_projector = build_projector(vision_dim, hidden, config.projector_hidden_act)
+        self.image_feature_neck = build_neck(hidden, dim)
+        self.text_hidden_fcs = build_text_hidden_fcs(hidden, dim)
+        self.prompt_encoder = PromptEncoder(dim)
+        self.mask_decoder = MultiScaleMaskDecoder(
+            transformer_dim=dim,
+            num_scales=config.num_scales,
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer_depth=config.decoder_depth,
+            num_heads=config.decoder_heads,
+            mlp_dim=config.decoder_mlp_dim,
+            attention_downsample_rate=config.decoder_attention_downsample_rate,
+            iou_head_hidden_dim=dim,
+            readout=config.mask_readout,
+        )
+        self.token_fusion = TokenFusion(
+            config.num_scales, config.num_tokens_per_scale, dim, mode=config.token_fusion,
+            shared=config.shared_codebook, learnable=config.learnable_fusion_weights,
+        )
+        self.mask_fusion = MaskFusion(config.num_scales, learnable=config.learnable_fusion_weights)
+        self.detail = (
+            PixelDetailPath(config.pixel_detail_channels, dim) if config.pixel_detail_channels else None
+        )
+        self.post_init()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    @property
+    def codebook_token_ids(self) -> list[int]:
+        ids = self.config.codebook_token_ids
+        if ids is None:
+            raise InputError("config.codebook_token_ids is not set: add the codebook tokens to the tokenizer first")
+        return list(ids)
+
+    # -- stage 1-3: one vision pass ------------------------------------------------------------
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        resized_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+    ) -> ImageFeatures:
+        """Vision features for the LLM and the decoder from ``pixel_values`` ``B x 3 x S x S``."""
+        cfg = self.config
+        s = cfg.image_size
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
+            raise InputError(f"pixel_values must be B x 3 x {s} x {s}, got {tuple(pixel_values.shape)}")
+        b = pixel_values.shape[0]
+        full = torch.tensor([[s, s]] * b, device=pixel_values.device)
+        resized_sizes = full if resized_sizes is None else resized_sizes.to(pixel_values.device).long()
+        original_sizes = resized_sizes if original_sizes is None else original_sizes.long()
+        grid = cfg.vision_grid
+        valid = patch_validity(resized_sizes, s, grid)
+        states = clip_multiscale_features(
+            self.vision_tower, pixel_values, valid, cfg.vision_select_layers, cfg.pos_interpolation
+        )
+        dtype = self.mm_projector[0].weight.dtype
+        coarse = states[0].transpose(1, 2).reshape(b, -1, grid, grid)
+        g = cfg.llm_image_grid
+        if g != grid:
+            coarse = F.interpolate(coarse.float(), size=(g, g), mode="bilinear", align_corners=False)
+        llm_tokens = self.mm_projector(coarse.flatten(2).transpose(1, 2).to(dtype))
+        hidden = self.out_mm_projector[2].out_features
+        decoder = torch.stack(
+            [
+                self.image_feature_neck(
+                    self.out_mm_projector(x.to(dtype)).transpose(1, 2).reshape(b, hidden, grid, grid)
+                )
+                for x in states
+            ],
+            dim=1,
+        )
+        detail = self.detail.features(pixel_values.to(dtype)) if self.detail is not None else None
+        return ImageFeatures(llm_tokens, decoder, detail, resized_sizes, original_sizes.to(resized_sizes.device))
+
+    def embed_inputs(self, input_ids: torch.Tensor, llm_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the image placeholders replaced by the image tokens."""
+        is_image = input_ids == self.config.image_token_index
+        counts = is_image.sum(1)
+        n = self.config.num_image_tokens
+        if bool((counts != n).any()):
+            bad = int((counts != n).nonzero()[0, 0])
+            raise InputError(
+                f"sample {bad}: {int(counts[bad])} image placeholder tokens, expected {n} "
+                f"(the processor expands <image> into {n} copies of {self.config.image_token_index})"
+            )
+        embeds = self.get_input_embeddings()(input_ids.clamp(min=0))
+        embeds = embeds.masked_scatter(is_image[..., None], llm_tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+        return embeds
+
+    @staticmethod
+    def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+        """``cumsum(mask) - 1``: masked positions (padding, padded image cells) use no position;
+        the same rule ``generate`` applies, so training and generation agree."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    # -- stage 4: codebook groups -> target embeddings ------------------------------------------
+    def find_codebook_groups(self, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+        """Per sample, the positions of every complete codebook group (``K_b x N*L``), and the
+        number of incomplete groups (runs that do not spell ``[SEG0]..[SEG{n-1}]`` in order)."""
+        ids = self.codebook_token_ids
+        n = len(ids)
+        lookup = {tok: i for i, tok in enumerate(ids)}
+        groups, incomplete = [], []
+        for row in input_ids.tolist():
+            found, bad, run = [], 0, []
+            for pos, tok in enumerate(row):
+                k = lookup.get(tok)
+                if k is None:
+                    if run:
+                        bad, run = bad + 1, []
+                    continue
+                if k == len(run) and (not run or run[-1] == pos - 1):
+                    run.append(pos)
+                else:
+                    bad += 1
+                    run = [pos] if k == 0 else []
+                if len(run) == n:
+                    found.append(run)
+                    run = []
+            bad += 1 if run else 0
+            groups.append(torch.tensor(found, dtype=torch.long).reshape(-1, n))
+            incomplete.append(bad)
+        return groups, incomplete
+
+    def seg_embeddings(self, codebook_hidden: torch.Tensor) -> torch.Tensor:
+        """``K x N*L x H`` hidden states (one row per codebook token) -> ``K x L x C``."""
+        return self.token_fusion(self.text_hidden_fcs[0](codebook_hidden))
+
+    # -- stage 5: masks ----------------------------------------------------------------------
+    def decode_masks(
+        self, features: ImageFeatures, seg_embeddings: torch.Tensor, image_index: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Mask logits for K targets: ``seg_embeddings`` ``K x L x C``; ``image_index`` ``[K]``
+        says which image of ``features`` each target belongs to. Returns, per image, a
+        ``K_b x H_b x W_b`` tensor at the image's original size."""
+        b = features.decoder.shape[0]
+        s = self.config.image_size
+        image_index = image_index.to(features.decoder.device).long()
+        out: list[torch.Tensor] = []
+        grid = features.decoder.shape[-1]
+        pe = self.prompt_encoder.get_dense_pe(grid, grid)
+        dense = self.prompt_encoder.dense_embedding(grid, grid)
+        if seg_embeddings.shape[0]:
+            scale_masks = self.mask_decoder(
+                features.decoder[image_index], seg_embeddings.to(features.decoder.dtype), pe, dense
+            )
+            low = self.mask_fusion(scale_masks)  # K x 4G x 4G
+            full = F.interpolate(low[:, None].float(), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+            if self.detail is not None:
+                full = full + self.detail(features.detail[image_index], seg_embeddings[:, -1]).float()
+        for i in range(b):
+            h, w = (int(v) for v in features.resized_sizes[i])
+            oh, ow = (int(v) for v in features.original_sizes[i])
+            sel = (image_index == i).nonzero()[:, 0]
+            if not seg_embeddings.shape[0] or sel.numel() == 0:
+                ref = features.decoder
+                out.append(ref.new_zeros((0, oh, ow), dtype=torch.float32))
+                continue
+            m = full[sel, :h, :w]
+            if (h, w) != (oh, ow):
+                m = F.interpolate(m[:, None], size=(oh, ow), mode="bilinear", align_corners=False)[:, 0]
+            out.append(m)
+        return out
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        resized_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        gt_masks: list[torch.Tensor] | None = None,
+        **kwargs,
+    ) -> PixelLMOutput:
+        """Teacher-forced pass: text loss, mask losses and predicted masks (batch contract in
+        ``docs/architecture.md``). ``gt_masks[b]`` must have one mask per codebook group of
+        sample b, in order of appearance."""
+        cfg = self.config
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be B x T, got {tuple(input_ids.shape)}")
+        b = input_ids.shape[0]
+        if pixel_values.shape[0] != b:
+            raise InputError(f"pixel_values has {pixel_values.shape[0]} images for {b} sequences")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        features = self.encode_images(pixel_values, resized_sizes, original_sizes)
+        embeds = self.embed_inputs(input_ids, features.llm_tokens)
+        decoder = self.language_model.get_decoder()
+        hidden = decoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=self.position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        logits = self.get_output_embeddings()(hidden)
+
+        groups, _ = self.find_codebook_groups(input_ids)
+        if gt_masks is not None:
+            if len(gt_masks) != b:
+                raise InputError(f"gt_masks has {len(gt_masks)} entries for {b} samples")
+            for i, (g, m) in enumerate(zip(groups, gt_masks)):
+                if m.dim() != 3 or m.shape[0] != g.shape[0]:
+                    raise InputError(
+                        f"sample {i}: {g.shape[0]} codebook groups in input_ids but gt_masks has shape "
+                        f"{tuple(m.shape)} (need {g.shape[0]} x H x W)"
+                    )
+        num_targets = [int(g.shape[0]) for g in groups]
+        image_index = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(num_targets)])
+        rows = image_index.to(hidden.device)
+        positions = torch.cat([g for g in groups]).to(hidden.device) if sum(num_targets) else None
+        if positions is not None:
+            # The embedding of a codebook token is the hidden state that predicts it.
+            codebook_hidden = hidden[rows[:, None], positions - 1]  # K x N*L x H
+            seg = self.seg_embeddings(codebook_hidden)
+        else:
+            seg = hidden.new_zeros((0, cfg.num_scales, cfg.decoder_dim))
+        pred_masks = self.decode_masks(features, seg, image_index)
+
+        out = PixelLMOutput(logits=logits, pred_masks=pred_masks, seg_embeddings=seg, num_targets=num_targets)
+        if labels is not None:
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:].to(logits.device)
+            out.ce_loss = F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+            ) if bool((shift_labels != -100).any()) else shift_logits.sum() * 0.0
+            out.loss = cfg.ce_loss_weight * out.ce_loss
+        if gt_masks is not None:
+            ref, dice = self.mask_loss_terms(pred_masks, gt_masks)
+            out.ref_loss, out.dice_loss = ref, dice
+            out.mask_loss = cfg.ref_loss_weight * ref + cfg.dice_loss_weight * dice
+            out.loss = out.mask_loss if out.loss is None else out.loss + out.mask_loss
+        return out
+
+    def mask_loss_terms(
+        self, pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target-refinement BCE and dice, averaged over all masks of the batch (one answer =
+        one refinement group)."""
+        refs, dices = [], []
+        for pred, gt in zip(pred_masks, gt_masks):
+            if pred.shape[0] == 0:
+                continue
+            gt = gt.to(pred.device, torch.float32)
+            if gt.shape != pred.shape:
+                raise InputError(f"gt mask shape {tuple(gt.shape)} != predicted {tuple(pred.shape)}")
+            refs.append(refinement_bce_per_mask(pred, gt, [pred.shape[0]], alpha=self.config.refinement_alpha))
+            dices.append(dice_per_mask(pred, gt))
+        if not refs:
+            # Keep the decoder in the graph (DDP expects every trainable parameter to get a grad).
+            zero = sum(p.sum() for p in self.mask_decoder.parameters() if p.requires_grad) * 0.0
+            return zero, zero
+        return torch.cat(refs).mean(), torch.cat(dices).mean()
+
+    # -- training setup ------------------------------------------------------------------------
+    def configure_trainable(self, train_embeddings: bool = True) -> None:
+        """SPEC section 4: CLIP and the base LLM frozen; new embeddings/lm_head, projectors,
+        text_hidden_fcs, neck, decoder, fusion weights (and LoRA, added by peft) trainable."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for module in (self.mm_projector, self.out_mm_projector, self.image_feature_neck,
+                       self.text_hidden_fcs, self.mask_decoder, self.token_fusion, self.mask_fusion,
+                       self.detail):
+            if module is not None:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+        if not self.config.learnable_fusion_weights:
+            for name, p in list(self.token_fusion.named_parameters()) + list(self.mask_fusion.named_parameters()):
+                if name in ("weights", "gamma"):
+                    p.requires_grad_(False)
+        # The IoU head exists only for checkpoint compatibility and never runs.
+        for p in self.mask_decoder.iou_prediction_head.parameters():
+            p.requires_grad_(False)
+        if train_embeddings:
+            self.get_input_embeddings().weight.requires_grad_(True)
+            self.get_output_embeddings().weight.requires_grad_(True)
+        for name, p in self.language_model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
