@@ -1,0 +1,191 @@
+"""The llava_v1 conversation: prompt text, ``{seg}`` expansion, tokenisation with the image
+expanded into placeholder ids, label masking and group-safe truncation.
+
+Sequence layout of one training sample (``I`` = ``image_token_index`` repeated
+``num_image_tokens`` times, ``G`` = one codebook group ``[SEG0]..[SEG{n-1}]``)::
+
+    <s> SYSTEM USER: <im_start> I..I <im_end> \\n question ASSISTANT: answer ... G ... </s>
+    |------------------------- labels -100 ---------------------------|-- supervised --|
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pixellm.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+ROLES = ("USER", "ASSISTANT")
+SEP, SEP2 = " ", "</s>"  # llava_v1: after a user turn / after an assistant turn
+IMAGE_PLACEHOLDER = "<image>"
+IMAGE_BLOCK = "<im_start><image><im_end>"
+IMAGE_TOKEN_INDEX = -200  # released constant; never a vocabulary id
+IGNORE_INDEX = -100
+SEG_MARKER = "[SEG]"  # one marker per group in decoded answers
+_SEG_RE = re.compile(r"\{seg\}|\[SEG\]")
+
+
+def count_seg(answer: str) -> int:
+    """Number of ``{seg}`` / ``[SEG]`` markers in an answer."""
+    return len(_SEG_RE.findall(answer))
+
+
+def expand_seg(answer: str, n_tokens: int) -> str:
+    """Replace each ``{seg}`` / ``[SEG]`` by ``[SEG0][SEG1]..[SEG{n-1}]`` (one group = one target)."""
+    group = "".join(f"[SEG{i}]" for i in range(n_tokens))
+    return _SEG_RE.sub(group, answer)
+
+
+def build_prompt(question: str, answer: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+    """llava_v1 prompt; the image block goes before the first question.
+
+    With ``answer=None`` the prompt ends with ``"ASSISTANT:"`` (no space): the model then generates
+    ``" word"`` tokens exactly as it saw them after ``"ASSISTANT:"`` in training.
+    ``history`` = earlier (question, answer) turns, for multi-turn chat.
+    """
+    for text in (question, answer or "", *(t for turn in history for t in turn)):
+        if IMAGE_PLACEHOLDER in text:
+            raise InputError(f"text must not contain the image placeholder {IMAGE_PLACEHOLDER!r}: {text[:60]!r}")
+    turns = [*history, (question, answer)]
+    out = SYSTEM_PROMPT + SEP
+    for i, (q, a) in enumerate(turns):
+        q = f"{IMAGE_BLOCK}\n{q}" if i == 0 else q
+        out += f"{ROLES[0]}: {q}{SEP}"
+        out += f"{ROLES[1]}: {a}{SEP2}" if a is not None else f"{ROLES[1]}:"
+    return out
+
+
+def tokenize_with_image(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    num_image_tokens: int,
+    image_token_index: int = IMAGE_TOKEN_INDEX,
+) -> list[int]:
+    """Tokenise ``prompt``, replacing each ``<image>`` by ``num_image_tokens`` x ``image_token_index``.
+
+    The prompt is split at ``<image>``, which sits between the special tokens ``<im_start>`` and
+    ``<im_end>``, so chunk-wise tokenisation equals whole-string tokenisation. Only the first chunk
+    gets the tokenizer's specials (the BOS).
+    """
+    ids: list[int] = []
+    for i, chunk in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+        if i > 0:
+            ids.extend([image_token_index] * num_image_tokens)
+        ids.extend(tokenizer(chunk, add_special_tokens=(i == 0)).input_ids)
+    return ids
+
+
+def find_codebook_groups(
+    ids: Sequence[int], codebook_ids: Sequence[int]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Locate codebook groups in a token sequence.
+
+    A complete group is ``codebook_ids`` in order, contiguous. Any other run of codebook tokens
+    (wrong order, cut short) is an incomplete fragment; a fragment ends where a non-codebook
+    token or a complete group begins.
+
+    Returns:
+        (complete, incomplete): lists of ``(start, end)`` half-open token spans.
+    """
+    n = len(codebook_ids)
+    cb = list(codebook_ids)
+    members = set(cb)
+    seq = list(ids)
+    complete: list[tuple[int, int]] = []
+    incomplete: list[tuple[int, int]] = []
+    i = 0
+    while i < len(seq):
+        if seq[i] not in members:
+            i += 1
+        elif seq[i : i + n] == cb:
+            complete.append((i, i + n))
+            i += n
+        else:
+            j = i + 1
+            while j < len(seq) and seq[j] in members and seq[j : j + n] != cb:
+                j += 1
+            incomplete.append((i, j))
+            i = j
+    return complete, incomplete
+
+
+@dataclass
+class EncodedConversation:
+    """Token ids of one sample. ``labels`` is None without an answer.
+
+    ``num_targets`` = complete codebook groups kept in the supervised answer (after truncation);
+    the caller keeps the first ``num_targets`` ground-truth masks.
+    """
+
+    input_ids: list[int]
+    labels: list[int] | None
+    num_targets: int
+    truncated: bool = False
+
+
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    answer: str | None,
+    *,
+    codebook_ids: Sequence[int],
+    num_image_tokens: int,
+    max_length: int | None = None,
+    image_token_index: int = IMAGE_TOKEN_INDEX,
+    history: Sequence[tuple[str, str]] = (),
+) -> EncodedConversation:
+    """Build, tokenise, label-mask and truncate one conversation.
+
+    ``answer`` may contain ``{seg}`` / ``[SEG]`` markers (expanded to ``len(codebook_ids)`` tokens).
+    Labels are -100 up to and including ``"ASSISTANT: "`` (LLaVA's method: the prompt prefix is
+    tokenised separately; its last token may merge with the answer's first word, e.g. ``" word"``,
+    and that merged token is supervised). Truncation to ``max_length`` never cuts the prompt or the
+    image (InputError instead) and drops a codebook group that the cut would split.
+    """
+    n_cb = len(codebook_ids)
+    history = [(q, expand_seg(a, n_cb)) for q, a in history]  # earlier answers keep their groups
+    if answer is None:
+        ids = tokenize_with_image(tokenizer, build_prompt(question, None, history), num_image_tokens, image_token_index)
+        return EncodedConversation(ids, None, 0)
+
+    expanded = expand_seg(answer, n_cb)
+    full = tokenize_with_image(tokenizer, build_prompt(question, expanded, history), num_image_tokens, image_token_index)
+    prefix_text = build_prompt(question, "", history)[: -len(SEP2)]  # "... ASSISTANT: "
+    prefix = tokenize_with_image(tokenizer, prefix_text, num_image_tokens, image_token_index)
+    n_masked = 0
+    while n_masked < min(len(prefix), len(full)) and prefix[n_masked] == full[n_masked]:
+        n_masked += 1
+    if n_masked < len(prefix) - 1:  # only the prefix's last token may differ (merged with the answer)
+        raise InputError(
+            f"tokenising the prompt alone disagrees with the full conversation at token {n_masked} "
+            f"(question {question[:40]!r}); the tokenizer merges across 'ASSISTANT: '"
+        )
+    labels = [IGNORE_INDEX] * n_masked + full[n_masked:]
+
+    complete, incomplete = find_codebook_groups(full, codebook_ids)
+    if incomplete:
+        raise InputError(f"answer contains incomplete codebook groups: {answer[:60]!r}")
+    truncated = False
+    if max_length is not None and len(full) > max_length:
+        if n_masked >= max_length:
+            raise InputError(
+                f"prompt is {n_masked} tokens (with {num_image_tokens} image tokens), no room for an "
+                f"answer within max_length={max_length}"
+            )
+        cut = max_length
+        for start, end in complete:
+            if start < cut < end:
+                cut = start  # never keep half a group: drop the group the cut would split
+        full, labels, truncated = full[:cut], labels[:cut], True
+        complete = [(s, e) for s, e in complete if e <= cut]
+    num_targets = sum(1 for s, _ in complete if s >= n_masked)
+    return EncodedConversation(full, labels, num_targets, truncated)
