@@ -1,0 +1,1 @@
+"""PixelLM model: configuration, modules and ``PixelLMForCausalLM``."""

@@ -221,22 +221,28 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         lookup = {tok: i for i, tok in enumerate(ids)}
         groups, incomplete = [], []
         for row in input_ids.tolist():
-            found, bad, run = [], 0, []
-            for pos, tok in enumerate(row):
-                k = lookup.get(tok)
-                if k is None:
-                    if run:
-                        bad, run = bad + 1, []
+            found, bad, pos = [], 0, 0
+            while pos < len(row):
+                if row[pos] not in lookup:
+                    pos += 1
                     continue
-                if k == len(run) and (not run or run[-1] == pos - 1):
-                    run.append(pos)
-                else:
-                    bad += 1
-                    run = [pos] if k == 0 else []
-                if len(run) == n:
-                    found.append(run)
-                    run = []
-            bad += 1 if run else 0
+                # a maximal run of adjacent codebook tokens: take every complete group in it;
+                # each stretch of leftovers is one incomplete group
+                end = pos
+                while end < len(row) and row[end] in lookup:
+                    end += 1
+                leftover = False
+                while pos < end:
+                    if lookup[row[pos]] == 0 and pos + n <= end and all(
+                        lookup[row[pos + j]] == j for j in range(n)
+                    ):
+                        found.append(list(range(pos, pos + n)))
+                        pos += n
+                        leftover = False
+                    else:
+                        bad += 0 if leftover else 1
+                        leftover = True
+                        pos += 1
             groups.append(torch.tensor(found, dtype=torch.long).reshape(-1, n))
             incomplete.append(bad)
         return groups, incomplete

@@ -1,0 +1,253 @@
+"""PixelLMForCausalLM end to end on small random configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_batch, small_config
+
+from pixellm.errors import ConfigError, InputError
+from pixellm.model.configuration_pixellm import PixelLMConfig
+from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+
+
+def build(cfg=None, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return PixelLMForCausalLM(cfg or small_config(**overrides))
+
+
+def run(model, batch, **kw):
+    inputs = {k: v for k, v in batch.items() if k not in kw}
+    return model(**inputs, **kw)
+
+
+# -- presets -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, hidden, neck, fcs, proj",
+    [("pixellm-7b", 4096, 1_639_424, 17_830_144, 41_955_328),
+     ("pixellm-13b", 5120, 1_901_568, 27_530_496, 62_929_920)],
+)
+def test_released_presets_on_meta(name, hidden, neck, fcs, proj):
+    cfg = PixelLMConfig.from_preset(name)
+    with torch.device("meta"):
+        model = PixelLMForCausalLM(cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model.mask_decoder) == 7_571_940
+    assert count(model.image_feature_neck) == neck
+    assert count(model.text_hidden_fcs) == fcs
+    assert count(model.mm_projector) == count(model.out_mm_projector) == proj
+    assert model.language_model.config.hidden_size == hidden
+    assert cfg.num_codebook_tokens == 6 and cfg.num_image_tokens == 256 and cfg.vision_grid == 32
+    assert cfg.codebook_token_ids == list(range(32000, 32006))
+
+
+def test_tiny_preset_is_small_and_runs():
+    cfg = PixelLMConfig.from_preset("tiny")
+    model = PixelLMForCausalLM(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert 1e6 < n < 2e7
+    out = run(model, make_batch(cfg, targets=(1, 3), sizes=((64, 64), (48, 64)), resized=((64, 64), (48, 64))))
+    assert [tuple(m.shape) for m in out.pred_masks] == [(1, 64, 64), (3, 48, 64)]
+    assert torch.isfinite(out.loss)
+
+
+def test_unknown_preset_and_bad_config():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        PixelLMConfig.from_preset("nope")
+    with pytest.raises(ConfigError, match="token_fusion"):
+        small_config(token_fusion="max")
+    with pytest.raises(ConfigError, match="codebook_token_ids"):
+        small_config(codebook_token_ids=[90, 91])
+
+
+# -- forward -----------------------------------------------------------------------------------
+def test_forward_shapes_mixed_sizes_and_targets():
+    cfg = small_config()
+    model = build(cfg)
+    batch = make_batch(cfg, targets=(2, 0, 3), sizes=((80, 50), (45, 96), (64, 64)),
+                       resized=((64, 40), (30, 64), (64, 64)))
+    out = run(model, batch)
+    assert out.num_targets == [2, 0, 3]
+    assert [tuple(m.shape) for m in out.pred_masks] == [(2, 80, 50), (0, 45, 96), (3, 64, 64)]
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+    assert out.seg_embeddings.shape == (5, cfg.num_scales, cfg.decoder_dim)
+    assert torch.allclose(out.loss, out.ce_loss + 2.0 * out.ref_loss + 0.5 * out.dice_loss)
+    assert torch.allclose(out.mask_loss, 2.0 * out.ref_loss + 0.5 * out.dice_loss)
+
+
+def test_batch_without_any_target_still_backpropagates():
+    cfg = small_config()
+    model = build(cfg)
+    model.configure_trainable()
+    out = run(model, make_batch(cfg, targets=(0, 0)))
+    assert out.ref_loss.item() == 0 and out.dice_loss.item() == 0
+    out.loss.backward()
+    assert model.mask_decoder.level_embed.weight.grad is not None
+
+
+def test_masks_of_a_sample_do_not_depend_on_other_samples():
+    cfg = small_config()
+    model = build(cfg).eval()
+    batch = make_batch(cfg, targets=(2, 1))
+    with torch.no_grad():
+        both = run(model, batch, labels=None, gt_masks=None)
+        one = model(**{k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in batch.items()
+                       if k not in ("labels", "gt_masks")})
+    n = one.logits.shape[1]
+    assert torch.allclose(both.pred_masks[0], one.pred_masks[0], atol=1e-5)
+    assert torch.allclose(both.logits[0, :n], one.logits[0], atol=1e-5)
+
+
+def test_seg_embedding_uses_hidden_state_before_each_token():
+    cfg = small_config()
+    model = build(cfg).eval()
+    batch = make_batch(cfg, targets=(1,), sizes=((64, 64),), resized=((64, 64),))
+    groups, incomplete = model.find_codebook_groups(batch["input_ids"])
+    assert incomplete == [0]
+    pos = groups[0][0]
+    assert batch["input_ids"][0, pos].tolist() == cfg.codebook_token_ids
+    with torch.no_grad():
+        out = run(model, batch, labels=None, gt_masks=None)
+        hidden = model.language_model.get_decoder()(
+            inputs_embeds=model.embed_inputs(batch["input_ids"], model.encode_images(batch["pixel_values"]).llm_tokens),
+            attention_mask=batch["attention_mask"],
+            position_ids=model.position_ids_from_mask(batch["attention_mask"]),
+        ).last_hidden_state
+        expected = model.seg_embeddings(hidden[0, pos - 1][None])
+    assert torch.allclose(out.seg_embeddings, expected, atol=1e-5)
+
+
+def test_find_codebook_groups_reports_incomplete_groups():
+    cfg = small_config()
+    model = build(cfg)
+    s = cfg.codebook_token_ids
+    ids = torch.tensor([[1] + s + [5] + s[:4] + [6] + s + s[2:] + [2]])
+    groups, incomplete = model.find_codebook_groups(ids)
+    assert groups[0].shape == (2, 6) and incomplete == [2]
+
+
+# -- losses and training surface ---------------------------------------------------------------
+def test_gradients_reach_trainable_parts_and_no_frozen_ones():
+    cfg = small_config(pixel_detail_channels=8)
+    model = build(cfg)
+    model.configure_trainable()
+    out = run(model, make_batch(cfg, targets=(2, 1)))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("vision_tower.", "language_model.model.layers", "language_model.model.norm")):
+            assert not p.requires_grad and p.grad is None, name
+        if name.startswith("mask_decoder.iou_prediction_head"):
+            assert p.grad is None, name
+    trainable_roots = ["mm_projector", "out_mm_projector", "image_feature_neck", "text_hidden_fcs",
+                       "mask_decoder.transformer", "token_fusion.weights", "mask_fusion.gamma", "detail",
+                       "language_model.model.embed_tokens", "language_model.lm_head"]
+    for root in trainable_roots:
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(root)]
+        assert grads and all(g is not None for g in grads), root
+        assert any(g.abs().sum() > 0 for g in grads), root
+
+
+def test_refinement_alpha_changes_loss_only_with_overlap():
+    cfg = small_config()
+    batch = make_batch(cfg, targets=(2,), sizes=((64, 64),), resized=((64, 64),))
+    losses = {}
+    for alpha in (1.0, 2.0, 5.0):
+        model = build(small_config(refinement_alpha=alpha))
+        losses[alpha] = run(model, batch).ref_loss.item()
+    # random init: two masks of one answer overlap somewhere, so alpha must matter
+    assert losses[1.0] < losses[2.0] < losses[5.0]
+    single = make_batch(cfg, targets=(1,), sizes=((64, 64),), resized=((64, 64),))
+    one = [run(build(small_config(refinement_alpha=a)), single).ref_loss.item() for a in (1.0, 3.0)]
+    assert one[0] == pytest.approx(one[1])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [dict(token_fusion="linear"), dict(mask_readout="mean"), dict(shared_codebook=True, codebook_token_ids=[90, 91, 92]),
+     dict(pixel_detail_channels=8)],
+)
+def test_variant_switches_change_behaviour(override):
+    cfg = small_config()
+    variant = small_config(**override)
+    base_out = run(build(cfg).eval(), make_batch(cfg, targets=(2,), sizes=((64, 64),), resized=((64, 64),)),
+                   labels=None, gt_masks=None)
+    var_model = build(variant).eval()
+    var_out = run(var_model, make_batch(variant, targets=(2,), sizes=((64, 64),), resized=((64, 64),)),
+                  labels=None, gt_masks=None)
+    assert var_out.pred_masks[0].shape == base_out.pred_masks[0].shape
+    assert not torch.allclose(var_out.pred_masks[0], base_out.pred_masks[0], atol=1e-4)
+
+
+def test_weighted_sum_fusion_starts_at_uniform_weights_and_is_trainable():
+    model = build(small_config())
+    assert torch.allclose(model.token_fusion.weights, torch.full((2, 3), 1 / 3))
+    assert torch.allclose(model.mask_fusion.gamma, torch.full((2,), 0.5))
+    frozen = build(small_config(learnable_fusion_weights=False))
+    frozen.configure_trainable()
+    assert not frozen.token_fusion.weights.requires_grad and not frozen.mask_fusion.gamma.requires_grad
+    # shared codebook: one group of N tokens feeds every scale
+    shared = build(small_config(shared_codebook=True, codebook_token_ids=[90, 91, 92]))
+    emb = shared.seg_embeddings(torch.randn(2, 3, 64))
+    assert emb.shape == (2, 2, 32) and torch.equal(emb[:, 0], emb[:, 1])
+
+
+def test_qwen2_language_model_works():
+    cfg = small_config(text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        vocab_size=100))
+    model = build(cfg)
+    assert type(model.language_model).__name__ == "Qwen2ForCausalLM"
+    out = run(model, make_batch(cfg))
+    assert [tuple(m.shape) for m in out.pred_masks] == [(2, 80, 50), (0, 45, 96)]
+    out.loss.backward()
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    cfg = small_config(pixel_detail_channels=8)
+    model = build(cfg).eval()
+    with torch.no_grad():
+        model.token_fusion.weights.add_(0.1)  # non-default fusion weights must be saved too
+        model.mask_fusion.gamma.mul_(1.5)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    loaded = PixelLMForCausalLM.from_pretrained(tmp_path).eval()
+    batch = make_batch(cfg)
+    with torch.no_grad():
+        a = run(model, batch)
+        b = run(loaded, batch)
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(x, y) for x, y in zip(a.pred_masks, b.pred_masks))
+    assert loaded.config.codebook_token_ids == cfg.codebook_token_ids
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_mask_count_not_matching_codebook_groups_is_a_clear_error():
+    cfg = small_config()
+    model = build(cfg)
+    batch = make_batch(cfg, targets=(2, 0))
+    batch["gt_masks"] = [batch["gt_masks"][0][:1], batch["gt_masks"][1]]
+    with pytest.raises(InputError, match="sample 0: 2 codebook groups"):
+        run(model, batch)
+
+
+def test_wrong_image_tensor_shape_is_a_clear_error():
+    cfg = small_config()
+    model = build(cfg)
+    batch = make_batch(cfg)
+    batch["pixel_values"] = torch.randn(2, 3, 48, 48)
+    with pytest.raises(InputError, match=r"pixel_values must be B x 3 x 64 x 64"):
+        run(model, batch)
+    batch = make_batch(cfg)
+    batch["input_ids"][1, 5] = 3  # one image placeholder missing
+    with pytest.raises(InputError, match="sample 1: 15 image placeholder tokens, expected 16"):
+        run(model, batch)
+
+
+def test_check_value_of_spec_section_3():
+    from pixellm.losses import mask_losses
+
+    out = mask_losses(torch.zeros(1, 4, 4), torch.ones(1, 4, 4), [1])
+    assert out["ref"].item() == pytest.approx(math.log(2), abs=1e-4)
+    assert out["total"].item() == pytest.approx(1.553, abs=1e-3)
