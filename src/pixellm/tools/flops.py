@@ -1,0 +1,286 @@
+"""FLOPs of one inference (supplement A, "Calculation of TFLOPs"): PixelLM against LISA.
+
+Everything is built on the ``meta`` device (no memory, no compute) and counted with
+``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2 FLOPs), part by part:
+
+- PixelLM: CLIP at 448 px (the layers up to the deepest selected one), projectors + neck, LLM
+  prefill + decoding with a KV cache, seg embeddings (``text_hidden_fcs`` + token fusion) and the
+  multi-scale pixel decoder for each target.
+- LISA: the same LLM with LLaVA's CLIP ViT-L/14 at 224 px (all 24 layers, LLaVA reads layer -2)
+  and a linear projector, ``text_hidden_fcs``, SAM ViT-H at 1024 px (``transformers.SamModel``
+  sized as ViT-H) and SAM's prompt encoder + mask decoder for each target.
+
+The answer length is fixed (512 generated tokens in the paper): the prefill produces the first
+token, then ``T - 1`` decode steps run with cache lengths ``P .. P+T-2``. A decode step costs
+``a + b * cache_length`` exactly (attention is linear in the cache length), so two counted steps
+give the sum over all steps without running ``T`` steps. Attention is counted as full
+``QK^T`` / ``AV`` products (no causal halving), as DeepSpeed's profiler does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixellm.errors import ConfigError
+
+DEFAULT_TEXT_TOKENS = 64  # llava_v1 system prompt (~40 LLaMA tokens) + a short question
+META = torch.device("meta")
+
+
+def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[int, Any]:
+    """Run ``fn`` under ``FlopCounterMode``; returns ``(flops, result)``."""
+    with FlopCounterMode(display=False) as counter:
+        result = fn(*args, **kwargs)
+    return int(counter.get_total_flops()), result
+
+
+@dataclass
+class FlopsReport:
+    """Per-part FLOPs of one inference; ``total`` is their sum."""
+
+    name: str
+    parts: dict[str, int]
+    prompt_tokens: int  # LLM prompt length P (image tokens included)
+    generated_tokens: int  # T
+    targets: int
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.name,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "targets": self.targets,
+            "parts_tflops": {k: v / 1e12 for k, v in self.parts.items()},
+            "total_tflops": self.total / 1e12,
+            **self.notes,
+        }
+
+    def table(self) -> str:
+        width = max(len(k) for k in self.parts)
+        lines = [f"{self.name}: P={self.prompt_tokens} prompt tokens, T={self.generated_tokens} generated, "
+                 f"{self.targets} target(s)"]
+        lines += [f"  {k:<{width}}  {v / 1e12:10.4g} TFLOPs" for k, v in self.parts.items()]
+        lines.append(f"  {'total':<{width}}  {self.total / 1e12:10.4g} TFLOPs")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- LLM
+
+
+def decode_step_flops(llm: nn.Module, cache_length: int, hidden: int) -> int:
+    """FLOPs of one cached decode step after ``cache_length`` tokens (the prefill is not counted)."""
+    with torch.no_grad():
+        cache = llm(inputs_embeds=torch.zeros(1, cache_length, hidden, device=META), use_cache=True,
+                    logits_to_keep=1).cache
+        flops, _ = count_flops(
+            llm, inputs_embeds=torch.zeros(1, 1, hidden, device=META), cache=cache, use_cache=True
+        )
+    return flops
+
+
+def llm_flops(llm: nn.Module, prompt_tokens: int, generated_tokens: int) -> dict[str, int]:
+    """``{"llm_prefill", "llm_decode"}`` FLOPs of an HF causal LM (on ``meta``) generating
+    ``generated_tokens`` after a ``prompt_tokens`` prompt; logits only where generate needs them."""
+    if prompt_tokens < 1 or generated_tokens < 1:
+        raise ConfigError("prompt and generated token counts must be >= 1")
+    hidden = llm.get_input_embeddings().embedding_dim
+    with torch.no_grad():
+        prefill, _ = count_flops(
+            llm, inputs_embeds=torch.zeros(1, prompt_tokens, hidden, device=META), use_cache=True, logits_to_keep=1
+        )
+    steps = generated_tokens - 1
+    if steps == 0:
+        return {"llm_prefill": prefill, "llm_decode": 0}
+    first = decode_step_flops(llm, prompt_tokens, hidden)
+    last = decode_step_flops(llm, prompt_tokens + steps - 1, hidden) if steps > 1 else first
+    # Linear in the cache length -> the sum is the number of steps times the mean of both ends.
+    return {"llm_prefill": prefill, "llm_decode": steps * (first + last) // 2}
+
+
+# ----------------------------------------------------------------------------- PixelLM
+
+
+def pixellm_flops(
+    config: Any,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    generated_tokens: int = 512,
+    targets: int = 1,
+    name: str = "pixellm",
+) -> FlopsReport:
+    """FLOPs of one PixelLM inference for a ``PixelLMConfig`` (model built on ``meta``)."""
+    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.model.vision import clip_multiscale_features
+
+    config = copy.deepcopy(config)
+    with META:
+        # requires_grad off: FlopCounterMode's module tracker hooks autograd otherwise.
+        model = PixelLMForCausalLM(config).eval().requires_grad_(False)
+    s, grid, g = config.image_size, config.vision_grid, config.llm_image_grid
+    hidden = model.language_model.get_input_embeddings().embedding_dim
+    vision_dim = config.vision_config.hidden_size
+    c, n_scales = config.decoder_dim, config.num_scales
+    parts: dict[str, int] = {}
+    with torch.no_grad():
+        # Same steps as ``PixelLMForCausalLM.encode_images``, called part by part because its
+        # padded-patch check reads tensor values (impossible on meta); no padding = full cost.
+        pixels = torch.zeros(1, 3, s, s, device=META)
+        parts["vision_encoder"], _ = count_flops(
+            clip_multiscale_features, model.vision_tower, pixels, None, config.vision_select_layers,
+            config.pos_interpolation,
+        )
+
+        def projectors() -> None:
+            model.mm_projector(torch.zeros(1, g * g, vision_dim, device=META))
+            for _ in range(n_scales):
+                x = model.out_mm_projector(torch.zeros(1, grid * grid, vision_dim, device=META))
+                model.image_feature_neck(x.transpose(1, 2).reshape(1, hidden, grid, grid))
+            if model.detail is not None:
+                model.detail.features(pixels)
+
+        parts["projectors"], _ = count_flops(projectors)
+        prompt = text_tokens + config.num_image_tokens
+        parts.update(llm_flops(model.language_model, prompt, generated_tokens))
+
+        def decoder() -> None:
+            codebook_hidden = torch.zeros(targets, config.num_codebook_tokens, hidden, device=META)
+            seg = model.seg_embeddings(codebook_hidden)  # targets x L x C
+            pe = model.prompt_encoder.get_dense_pe(grid, grid)
+            dense = model.prompt_encoder.dense_embedding(grid, grid)
+            features = torch.zeros(1, n_scales, c, grid, grid, device=META).expand(targets, -1, -1, -1, -1)
+            low = model.mask_fusion(model.mask_decoder(features, seg, pe, dense))
+            if model.detail is not None:
+                model.detail(torch.zeros(targets, config.pixel_detail_channels, s, s, device=META), seg[:, -1])
+            return low
+
+        parts["pixel_decoder"] = count_flops(decoder)[0] if targets else 0
+    notes = {"image_size": s, "vision_layers_run": max(i % (config.vision_config.num_hidden_layers + 1)
+                                                        for i in config.vision_select_layers)}
+    return FlopsReport(name, parts, prompt, generated_tokens, targets, notes)
+
+
+# ----------------------------------------------------------------------------- LISA
+
+# SAM ViT-H image encoder (segment-anything ``build_sam_vit_h``).
+SAM_VIT_H = {
+    "hidden_size": 1280,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "global_attn_indexes": [7, 15, 23, 31],
+    "window_size": 14,
+    "mlp_dim": 5120,
+    "image_size": 1024,
+    "patch_size": 16,
+    "output_channels": 256,
+}
+# LLaVA v1's vision tower: CLIP ViT-L/14 at 224 px.
+CLIP_VIT_L_224 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+}
+
+
+@dataclass
+class LisaSpec:
+    """Sizes of a LISA model: a LLaVA (CLIP + linear projector + LLM) and SAM."""
+
+    text_config: dict[str, Any]
+    clip_config: dict[str, Any] = field(default_factory=lambda: dict(CLIP_VIT_L_224))
+    sam_vision_config: dict[str, Any] = field(default_factory=lambda: dict(SAM_VIT_H))
+    seg_dim: int = 256  # SAM prompt dimension (text_hidden_fcs output)
+
+
+def lisa_flops(
+    spec: LisaSpec,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    generated_tokens: int = 512,
+    targets: int = 1,
+    name: str = "lisa",
+) -> FlopsReport:
+    """FLOPs of one LISA inference: LLaVA parts counted one by one (LLaVA's own forward checks
+    image-token counts with ``.item()``, impossible on meta), then SAM."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        SamConfig,
+        SamModel,
+    )
+
+    text_config = AutoConfig.for_model(**copy.deepcopy(spec.text_config))
+    clip_config = CLIPVisionConfig(**spec.clip_config)
+    vis = dict(spec.sam_vision_config)
+    size, patch = vis.get("image_size", 1024), vis.get("patch_size", 16)
+    prompt_cfg = {"image_size": size, "patch_size": patch, "image_embedding_size": size // patch}
+    sam_config = SamConfig(vision_config=vis, prompt_encoder_config=prompt_cfg)
+    with META:
+        llm = AutoModelForCausalLM.from_config(text_config).eval()
+        clip = CLIPVisionModel(clip_config).eval()
+        hidden = text_config.hidden_size
+        projector = nn.Linear(clip_config.hidden_size, hidden)
+        text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, spec.seg_dim))
+        sam = SamModel(sam_config).eval()
+    for module in (llm, clip, projector, text_hidden_fcs, sam):
+        module.requires_grad_(False)
+    grid = clip_config.image_size // clip_config.patch_size
+    sam_size = sam_config.vision_config.image_size
+    parts: dict[str, int] = {}
+    with torch.no_grad():
+        pixels = torch.zeros(1, 3, clip_config.image_size, clip_config.image_size, device=META)
+        parts["vision_encoder"], _ = count_flops(clip, pixel_values=pixels, output_hidden_states=True)
+        parts["projectors"], _ = count_flops(projector, torch.zeros(1, grid * grid, clip_config.hidden_size, device=META))
+        prompt = text_tokens + grid * grid
+        parts.update(llm_flops(llm, prompt, generated_tokens))
+        sam_pixels = torch.zeros(1, 3, sam_size, sam_size, device=META)
+        parts["sam_image_encoder"], embeddings = count_flops(sam.get_image_embeddings, sam_pixels)
+
+        def decoder() -> None:
+            seg = text_hidden_fcs(torch.zeros(targets, hidden, device=META))  # one [SEG] per target
+            _, c, h, w = embeddings.shape
+            pe = sam.get_image_wide_positional_embeddings()
+            dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
+            for t in range(targets):  # LISA decodes each target with its own prompt
+                sam.mask_decoder(embeddings, pe, seg[t].reshape(1, 1, 1, c), dense, multimask_output=False)
+
+        parts["mask_decoder"] = count_flops(decoder)[0] if targets else 0
+    notes = {"image_size": clip_config.image_size, "sam_image_size": sam_size}
+    return FlopsReport(name, parts, prompt, generated_tokens, targets, notes)
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS = ("pixellm-7b", "pixellm-13b", "lisa-7b", "lisa-13b")
+
+
+def preset_flops(
+    preset: str, generated_tokens: int = 512, text_tokens: int = DEFAULT_TEXT_TOKENS, targets: int = 1
+) -> FlopsReport:
+    """FLOPs of a named model; LISA-xB uses the same LLaMA size as PixelLM-xB."""
+    from pixellm.model.configuration_pixellm import PixelLMConfig
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    family, size = preset.split("-")
+    config = PixelLMConfig.from_preset(f"pixellm-{size}")
+    if family == "pixellm":
+        return pixellm_flops(config, text_tokens, generated_tokens, targets, name=preset)
+    text = config.text_config.to_dict()
+    return lisa_flops(LisaSpec(text_config=text), text_tokens, generated_tokens, targets, name=preset)
