@@ -251,3 +251,37 @@ def test_check_value_of_spec_section_3():
     out = mask_losses(torch.zeros(1, 4, 4), torch.ones(1, 4, 4), [1])
     assert out["ref"].item() == pytest.approx(math.log(2), abs=1e-4)
     assert out["total"].item() == pytest.approx(1.553, abs=1e-3)
+
+
+def test_tiny_model_and_processor_round_trip_in_one_folder(tmp_path):
+    import numpy as np
+
+    from pixellm.data.collate import collate
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    cfg = PixelLMConfig.from_preset("tiny")
+    processor = PixelLMProcessor.for_tiny(image_size=cfg.image_size, patch_size=cfg.vision_config.patch_size,
+                                          llm_image_grid=cfg.llm_image_grid)
+    assert processor.codebook_token_ids == cfg.codebook_token_ids
+    torch.manual_seed(0)
+    model = PixelLMForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 64, 3), dtype=np.uint8)
+    masks = rng.random((2, 40, 64)) > 0.5
+    example = processor.encode_example(image, "Segment the red circle and the blue square.",
+                                       "the red circle {seg} and the blue square {seg}.", masks)
+    loaded_proc = PixelLMProcessor.from_pretrained(tmp_path)
+    again = loaded_proc.encode_example(image, "Segment the red circle and the blue square.",
+                                       "the red circle {seg} and the blue square {seg}.", masks)
+    assert torch.equal(example["input_ids"], again["input_ids"])
+    assert torch.equal(example["labels"], again["labels"])
+    batch = collate([example], processor.pad_token_id)
+    batch.pop("skipped")
+    loaded = PixelLMForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.pred_masks[0], b.pred_masks[0])
+    assert a.pred_masks[0].shape == (2, 40, 64) and torch.isfinite(a.loss)
