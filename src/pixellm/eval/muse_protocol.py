@@ -212,6 +212,7 @@ def evaluate_question(
             height=question.height,
             width=question.width,
             caption=question.record.get("caption"),
+            names=[str(t.get("category_name") or "") for t in question.targets],
         )
         raw = judge.score(item)
         if len(raw) != len(m.matched):

@@ -8,7 +8,7 @@ matched to. The protocol gates intersections at ``score > 0.5``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pixellm.errors import ConfigError
 
@@ -29,6 +29,7 @@ class JudgeItem:
     height: int
     width: int
     caption: str | None = None
+    names: list[str] = field(default_factory=list)  # [G] category names (optional)
 
     @property
     def matched_descriptions(self) -> list[str | None]:
