@@ -1,0 +1,262 @@
+"""``Predictor``: image + question -> answer text with one mask per target.
+
+One vision pass per image feeds both the LLM and the pixel decoder
+(``model.encode_images`` once); the answer comes from one cached ``generate`` call that also
+returns the hidden states of the codebook tokens (``generation.py``); every complete codebook
+group becomes a mask, incomplete ones are dropped and counted (the released code drops *all*
+masks when the count is not a multiple of N*L).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixellm.data.masks import encode_rle
+from pixellm.data.prompts import INSTRUCTIONS, with_instruction
+from pixellm.errors import ConfigError, InputError
+from pixellm.infer.generation import GenerationOptions, generate_with_hidden
+from pixellm.processing.image_processing import ImageInput
+
+History = Sequence[tuple[str, str]]
+
+
+@dataclass
+class PredictionResult:
+    """One answer.
+
+    Attributes:
+        answer: text with one ``[SEG]`` marker per complete codebook group.
+        masks: bool ``[K, H, W]`` at the image's original size (K = markers).
+        mask_logits: float32 ``[K, H, W]`` (mask = logits > 0).
+        incomplete_groups: codebook-token runs that did not form a full group (dropped).
+        token_ids: generated ids up to and excluding EOS (for teacher-forced results: the
+            answer's ids).
+        question: the question as sent to the model (instruction suffix included).
+        teacher_forced: masks come from the given answer text, not from generation.
+    """
+
+    answer: str
+    masks: np.ndarray
+    mask_logits: np.ndarray
+    incomplete_groups: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    question: str = ""
+    teacher_forced: bool = False
+
+    @property
+    def num_masks(self) -> int:
+        return int(self.masks.shape[0])
+
+    def to_json(self, image: int | None = None, question: int | None = None) -> dict[str, Any]:
+        """A ``PRED.jsonl`` line (INTERFACES.md): ``answer`` + COCO RLE ``masks`` (+ indices)."""
+        out: dict[str, Any] = {}
+        if image is not None:
+            out["image"] = int(image)
+        if question is not None:
+            out["question"] = int(question)
+        out["answer"] = self.answer
+        out["masks"] = [encode_rle(m) for m in self.masks]
+        # mean foreground probability as a confidence, one per mask, in [0, 1]
+        probs = 1.0 / (1.0 + np.exp(-self.mask_logits.astype(np.float64)))
+        out["mask_scores"] = [
+            round(float(p[m].mean()) if m.any() else 0.0, 4) for p, m in zip(probs, self.masks)
+        ]
+        if self.teacher_forced:
+            out["teacher_forced"] = True
+        if self.incomplete_groups:
+            out["incomplete_groups"] = int(self.incomplete_groups)
+        return out
+
+
+class Predictor:
+    """Inference wrapper around ``PixelLMForCausalLM`` and ``PixelLMProcessor``.
+
+    Args:
+        model: a ``PixelLMForCausalLM`` (put in eval mode here).
+        processor: the matching ``PixelLMProcessor`` (same codebook token ids).
+        options: default decoding settings (greedy, 128 new tokens).
+        add_instruction: append the training instruction (``pixellm.data.prompts``,
+            "Please respond with segmentation mask.") to each question unless it already ends
+            with one; the segmentation data are trained with it.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        options: GenerationOptions | None = None,
+        add_instruction: bool = True,
+    ) -> None:
+        cb_model, cb_proc = list(model.codebook_token_ids), list(processor.codebook_token_ids)
+        if cb_model != cb_proc:
+            raise ConfigError(f"model codebook token ids {cb_model} differ from the processor's {cb_proc}")
+        if processor.num_image_tokens != model.config.num_image_tokens:
+            raise ConfigError(
+                f"processor expands <image> into {processor.num_image_tokens} tokens, "
+                f"the model expects {model.config.num_image_tokens}"
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.options = options or GenerationOptions()
+        self.add_instruction = add_instruction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Load model + processor saved in one folder (``save_pretrained`` of both)."""
+        from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+        from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{directory}: model folder not found")
+        load_kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = PixelLMForCausalLM.from_pretrained(str(directory), **load_kwargs)
+        if device is not None:
+            model = model.to(device)
+        return cls(model, PixelLMProcessor.from_pretrained(directory), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- prompts ---------------------------------------------------------------------------
+    def prepare_question(self, question: str) -> str:
+        """Question as sent to the model: stripped, instruction appended when enabled."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty")
+        question = question.strip()
+        if self.add_instruction and not any(question.endswith(s) for s in INSTRUCTIONS):
+            question = with_instruction(question)
+        return question
+
+    def _encode(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        answers: Sequence[str] | None,
+        histories: Sequence[History] | None,
+        padding_side: str,
+    ) -> dict[str, Any]:
+        from pixellm.data.collate import collate
+
+        examples = [
+            self.processor.encode_example(
+                im, q, None if answers is None else answers[i], history=() if histories is None else histories[i]
+            )
+            for i, (im, q) in enumerate(zip(images, questions))
+        ]
+        batch = collate(examples, self.processor.pad_token_id, padding_side=padding_side)
+        batch.pop("skipped", None)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # -- generation -------------------------------------------------------------------------
+    def __call__(
+        self,
+        image: ImageInput,
+        question: str,
+        history: History = (),
+        options: GenerationOptions | None = None,
+    ) -> PredictionResult:
+        """Answer one question about one image. ``history``: earlier (question, answer) turns
+        (answers with ``[SEG]`` markers) of a multi-turn chat about the same image."""
+        return self.batch([image], [question], [history], options)[0]
+
+    @torch.inference_mode()
+    def batch(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        histories: Sequence[History] | None = None,
+        options: GenerationOptions | None = None,
+    ) -> list[PredictionResult]:
+        """Answer B questions in one left-padded generation; same answers as one by one."""
+        if len(images) != len(questions) or (histories is not None and len(histories) != len(questions)):
+            raise InputError(f"need one image (and history) per question, got {len(images)} images, "
+                             f"{len(questions)} questions")
+        if not questions:
+            return []
+        options = options or self.options
+        prompts = [self.prepare_question(q) for q in questions]
+        batch = self._encode(images, prompts, None, histories, "left")
+        model = self.model
+        feats = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"])
+        embeds = model.embed_inputs(batch["input_ids"], feats.llm_tokens)
+        gen = generate_with_hidden(
+            model.language_model, embeds, batch["attention_mask"], options,
+            eos_token_id=self.processor.tokenizer.eos_token_id, pad_token_id=self.processor.pad_token_id,
+        )
+
+        parsed, hidden_rows, image_index = [], [], []
+        for b, n in enumerate(gen.lengths):
+            ids = gen.sequences[b, :n].tolist()
+            p = self.processor.parse_answer(ids)
+            parsed.append((ids, p))
+            for start, end in p.group_spans:
+                # token t of the answer was predicted by step_hidden[b, t]
+                hidden_rows.append(gen.step_hidden[b, start:end])
+                image_index.append(b)
+        masks = self._decode(feats, hidden_rows, image_index)
+        return [
+            _result(p.text, masks[b], p.incomplete, ids, prompts[b], False)
+            for b, (ids, p) in enumerate(parsed)
+        ]
+
+    def _decode(self, feats: Any, hidden_rows: list[torch.Tensor], image_index: list[int]) -> list[torch.Tensor]:
+        """Codebook hidden states (one ``N*L x H`` block per target) -> per-image mask logits."""
+        model = self.model
+        if hidden_rows:
+            seg = model.seg_embeddings(torch.stack(hidden_rows))  # K x L x C
+        else:
+            cfg = model.config
+            seg = feats.decoder.new_zeros((0, cfg.num_scales, cfg.decoder_dim))
+        index = torch.tensor(image_index, dtype=torch.long, device=feats.decoder.device)
+        return model.decode_masks(feats, seg, index)
+
+    # -- teacher forcing ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def teacher_forced(
+        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str]
+    ) -> list[PredictionResult]:
+        """Masks from given answers (``{seg}`` / ``[SEG]`` markers): one forward pass, no
+        generation (the "teacher-forced" rows of the MUSE evaluation)."""
+        if not (len(images) == len(questions) == len(answers)):
+            raise InputError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers")
+        if not questions:
+            return []
+        prompts = [self.prepare_question(q) for q in questions]
+        batch = self._encode(images, prompts, answers, None, "right")
+        labels = batch.pop("labels")
+        out = self.model(**batch)
+        results = []
+        for b in range(len(questions)):
+            keep = (labels[b] != -100) & (batch["attention_mask"][b] > 0)
+            ids = [t for t in batch["input_ids"][b][keep].tolist() if t != self.processor.tokenizer.eos_token_id]
+            p = self.processor.parse_answer(ids)
+            results.append(_result(p.text, out.pred_masks[b], p.incomplete, ids, prompts[b], True))
+        return results
+
+
+def _result(
+    text: str, logits: torch.Tensor, incomplete: int, ids: list[int], question: str, teacher_forced: bool
+) -> PredictionResult:
+    arr = logits.detach().float().cpu().numpy()
+    return PredictionResult(
+        answer=text,
+        masks=arr > 0,
+        mask_logits=arr,
+        incomplete_groups=int(incomplete),
+        token_ids=list(ids),
+        question=question,
+        teacher_forced=teacher_forced,
+    )

@@ -1,0 +1,188 @@
+"""Predictor: cached generation with masks, batching, teacher forcing, results and loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pixellm.data.masks import decode_rle
+from pixellm.data.prompts import INSTRUCTION
+from pixellm.errors import ConfigError, DataError, InputError
+from pixellm.infer.generation import GenerationOptions
+from pixellm.infer.predictor import Predictor
+from pixellm.infer.random_model import (
+    chain_transitions,
+    random_pixellm,
+    save_random_predictor,
+    scripted_pixellm,
+)
+
+ANSWER, LOOP = " the chair [SEG] and this [SEG]", " and this [SEG]"
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    return PixelLMProcessor.for_tiny()
+
+
+@pytest.fixture(scope="module")
+def scripted(processor):
+    """Greedy answer: "the chair [SEG] and this [SEG] and this [SEG] ..." until the token limit."""
+    return Predictor(scripted_pixellm(processor, ANSWER, loop_from=LOOP), processor,
+                     GenerationOptions(max_new_tokens=30))
+
+
+@pytest.fixture(scope="module")
+def gibberish(processor):
+    return Predictor(random_pixellm(processor, seed=3), processor, GenerationOptions(max_new_tokens=10))
+
+
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size, dtype=np.uint8) for size in ((40, 70, 3), (90, 30, 3), (64, 64, 3))]
+
+
+def test_scripted_answer_has_one_mask_per_complete_group(scripted):
+    img = _images()[0]
+    r = scripted(img, "Where can I sit?")
+    # 30 tokens: "the chair _ G" (9) + 3 x "and this _ G" (27) cut to 30 -> 3 complete groups
+    assert r.answer.startswith("the chair [SEG] and this [SEG]")
+    assert r.answer.count("[SEG]") == 3 == r.num_masks
+    assert r.masks.shape == (3, 40, 70) and r.masks.dtype == bool
+    assert r.mask_logits.shape == (3, 40, 70) and r.mask_logits.dtype == np.float32
+    assert np.array_equal(r.masks, r.mask_logits > 0)
+    assert r.incomplete_groups == 0 and len(r.token_ids) == 30
+    assert r.question.endswith(INSTRUCTION)
+
+
+def test_incomplete_group_is_reported_and_complete_ones_kept(scripted):
+    # 25 tokens end inside the third group: two masks survive, one incomplete group is reported
+    r = scripted(_images()[0], "Where can I sit?", options=GenerationOptions(max_new_tokens=25))
+    assert r.num_masks == 2 == r.answer.count("[SEG]")
+    assert r.incomplete_groups == 1
+
+
+def test_generated_masks_equal_teacher_forced_forward(scripted, processor):
+    """The hidden states collected during cached generation are the post-norm states of a
+    teacher-forced forward: the masks must agree (also under left padding in a batch)."""
+    imgs, qs = _images()[:2], ["Where can I sit?", "Which objects are next to the big red table today?"]
+    results = scripted.batch(imgs, qs)
+    model = scripted.model
+    for img, q, r in zip(imgs, qs, results):
+        ex = processor.encode_example(img, r.question)
+        ids = torch.cat([ex["input_ids"], torch.tensor(r.token_ids)])[None]
+        att = torch.cat([ex["attention_mask"], torch.ones(len(r.token_ids), dtype=torch.long)])[None]
+        assert int((att == 0).sum()) > 0  # padded image cells really are masked in this test
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=att, pixel_values=ex["pixel_values"][None],
+                        resized_sizes=ex["resized_size"][None], original_sizes=ex["original_size"][None])
+        tf = out.pred_masks[0].numpy()
+        assert tf.shape == r.mask_logits.shape and tf.shape[0] == 3
+        np.testing.assert_allclose(r.mask_logits, tf, atol=1e-4)
+        # and the same through the Predictor's teacher-forced path on the decoded answer text
+        tf2 = scripted.teacher_forced([img], [q], [r.answer])[0]
+        assert tf2.teacher_forced and tf2.answer == r.answer
+        np.testing.assert_allclose(tf2.mask_logits, r.mask_logits, atol=1e-4)
+
+
+def test_pre_norm_states_would_give_other_masks(scripted, processor):
+    """Guard that the comparison above can fail: masks from the pre-norm states differ."""
+    img = _images()[0]
+    r = scripted(img, "Where can I sit?")
+    ex = processor.encode_example(img, r.question)
+    ids = torch.cat([ex["input_ids"], torch.tensor(r.token_ids)])[None]
+    att = torch.cat([ex["attention_mask"], torch.ones(len(r.token_ids), dtype=torch.long)])[None]
+    model = scripted.model
+    captured = {}
+    norm = model.language_model.get_decoder().norm
+    hook = norm.register_forward_hook(lambda mod, args, out: captured.update(pre=args[0]))
+    try:
+        with torch.no_grad():
+            feats = model.encode_images(ex["pixel_values"][None], ex["resized_size"][None], ex["original_size"][None])
+            model.language_model.get_decoder()(
+                inputs_embeds=model.embed_inputs(ids, feats.llm_tokens), attention_mask=att,
+                position_ids=model.position_ids_from_mask(att),
+            )
+            pre_norm = captured["pre"][0]  # input of the final norm
+            groups, _ = model.find_codebook_groups(ids)
+            seg = model.seg_embeddings(pre_norm[groups[0] - 1])
+            masks = model.decode_masks(feats, seg, torch.zeros(len(seg), dtype=torch.long))[0]
+    finally:
+        hook.remove()
+    assert np.abs(masks.numpy() - r.mask_logits).max() > 1e-3
+
+
+def test_batch_with_left_padding_equals_one_by_one(gibberish, scripted):
+    imgs = _images(1)
+    qs = ["Hi", "What is the big red circle next to the square on the left?", "Find the dog."]
+    batched = gibberish.batch(imgs, qs)
+    for img, q, b in zip(imgs, qs, batched):
+        one = gibberish(img, q)
+        assert b.token_ids == one.token_ids and b.answer == one.answer
+    assert len({tuple(b.token_ids) for b in batched}) > 1  # inputs really differ
+    for img, q, b in zip(imgs, qs, scripted.batch(imgs, qs)):
+        one = scripted(img, q)
+        assert b.answer == one.answer
+        np.testing.assert_allclose(b.mask_logits, one.mask_logits, atol=1e-4)
+
+
+def test_sampling_options(gibberish):
+    img = _images()[0]
+    opts = GenerationOptions(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, seed=7)
+    a, b = gibberish(img, "Hi", options=opts), gibberish(img, "Hi", options=opts)
+    assert a.token_ids == b.token_ids and len(a.token_ids) <= 8
+    with pytest.raises(ConfigError, match="temperature"):
+        gibberish(img, "Hi", options=GenerationOptions(do_sample=True, temperature=0))
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        gibberish(img, "Hi", options=GenerationOptions(max_new_tokens=0))
+
+
+def test_multi_turn_history(scripted):
+    img = _images()[0]
+    first = scripted(img, "Where can I sit?")
+    second = scripted(img, "And now?", history=[(first.question, first.answer)])
+    assert second.num_masks == 3 and second.masks.shape[1:] == (40, 70)
+
+
+def test_instruction_option(processor, scripted):
+    assert scripted.prepare_question("Where?") == f"Where? {INSTRUCTION}"
+    assert scripted.prepare_question(f"Where? {INSTRUCTION}") == f"Where? {INSTRUCTION}"
+    plain = Predictor(scripted.model, processor, add_instruction=False)
+    assert plain.prepare_question(" Where? ") == "Where?"
+
+
+def test_to_json_is_a_valid_prediction_line(scripted):
+    from pixellm.eval.predictions import parse_prediction
+
+    r = scripted(_images()[0], "Where can I sit?")
+    line = r.to_json(image=0, question=0)
+    for rle, mask in zip(line["masks"], r.masks):
+        assert np.array_equal(decode_rle(rle), mask)
+    rec = {"height": 40, "width": 70, "questions": ["q"], "answers": [[]]}
+    pred = parse_prediction(line, [rec], "<test>", 1)
+    assert pred.num_masks == 3 and len(line["mask_scores"]) == 3
+
+
+def test_bad_inputs(scripted, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="bad.png"):
+        scripted(str(bad), "Where?")
+    with pytest.raises(InputError, match="empty"):
+        scripted(_images()[0], "   ")
+    with pytest.raises(InputError, match="one image"):
+        scripted.batch(_images()[:2], ["a"])
+    with pytest.raises(ConfigError, match="successors"):
+        chain_transitions([1, 2, 1, 3])
+
+
+def test_from_pretrained_round_trip(tmp_path, processor):
+    save_random_predictor(tmp_path / "m", answer=ANSWER, loop_from=LOOP)
+    loaded = Predictor.from_pretrained(tmp_path / "m", options=GenerationOptions(max_new_tokens=12))
+    r = loaded(_images()[2], "Where can I sit?")
+    assert r.answer == "the chair [SEG] and this" and r.masks.shape == (1, 64, 64)
+    with pytest.raises(FileNotFoundError):
+        Predictor.from_pretrained(tmp_path / "missing")
