@@ -1,0 +1,126 @@
+"""Build the model and processor a training run starts from, and choose what trains.
+
+Three starting points:
+- ``init_from``: a saved PixelLM folder (model + processor; LoRA merged or not);
+- ``base_llm`` (+ ``vision_weights``): an HF causal LM folder (e.g. LLaVA-7B) and a CLIP vision
+  folder, assembled with fresh pixel modules: the released recipe;
+- neither: a randomly initialised preset (``tiny`` for the demo), seeded with ``cfg.seed`` so a
+  resumed run rebuilds exactly the same frozen weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+
+from pixellm.errors import ConfigError
+from pixellm.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+
+def processor_for_config(model_config, max_length: int) -> PixelLMProcessor:
+    """The tiny tokenizer + an image processor matching a (random-init) preset config."""
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    return PixelLMProcessor.for_tiny(
+        image_size=model_config.image_size,
+        patch_size=model_config.vision_config.patch_size,
+        llm_image_grid=model_config.llm_image_grid,
+        num_codebook_tokens=model_config.num_codebook_tokens,
+        max_length=max_length,
+    )
+
+
+def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+
+    from pixellm.model.configuration_pixellm import PixelLMConfig
+    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.processing.image_processing import PixelLMImageProcessor
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base_llm)
+    text_config = AutoConfig.from_pretrained(cfg.base_llm).to_dict()
+    overrides = dict(cfg.model_overrides)
+    if cfg.vision_weights:
+        overrides["vision_config"] = AutoConfig.from_pretrained(cfg.vision_weights).to_dict()
+        overrides["vision_tower"] = cfg.vision_weights
+    pcfg = PixelLMConfig.from_preset(cfg.preset, text_config=text_config, **overrides)
+    image_processor = PixelLMImageProcessor(image_size=pcfg.image_size, patch_size=pcfg.vision_config.patch_size)
+    processor = PixelLMProcessor(
+        tokenizer, image_processor, num_codebook_tokens=pcfg.num_codebook_tokens,
+        num_image_tokens=pcfg.num_image_tokens, llm_image_grid=pcfg.llm_image_grid, max_length=cfg.max_length,
+    )
+    pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
+    model = PixelLMForCausalLM(pcfg)
+    model.language_model = AutoModelForCausalLM.from_pretrained(cfg.base_llm)
+    # New tokens get new (trainable) embedding rows.
+    model.language_model.resize_token_embeddings(len(tokenizer))
+    model.config.text_config = copy.deepcopy(model.language_model.config)
+    if cfg.vision_weights:
+        clip = CLIPVisionModel.from_pretrained(cfg.vision_weights)
+        model.vision_tower.load_state_dict(clip.state_dict())
+    return model, processor
+
+
+def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
+    """Model (LoRA applied, trainable set chosen, train mode) and processor for ``cfg``."""
+    from pixellm.model.configuration_pixellm import PixelLMConfig
+    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.train.lora import apply_lora, has_lora, load_pixellm, lora_settings
+
+    torch.manual_seed(cfg.seed)  # the same random frozen weights on every process and resume
+    if cfg.init_from:
+        model = load_pixellm(cfg.init_from)
+        processor = PixelLMProcessor.from_pretrained(cfg.init_from)
+    elif cfg.base_llm:
+        model, processor = _from_base(cfg)
+    else:
+        pcfg = PixelLMConfig.from_preset(cfg.preset, **cfg.model_overrides)
+        processor = processor_for_config(pcfg, cfg.max_length)
+        if pcfg.codebook_token_ids != processor.codebook_token_ids:
+            pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
+        if len(processor.tokenizer) > pcfg.text_config.vocab_size:
+            raise ConfigError(
+                f"tokenizer has {len(processor.tokenizer)} tokens but the preset's vocab_size is "
+                f"{pcfg.text_config.vocab_size}"
+            )
+        model = PixelLMForCausalLM(pcfg)
+    if cfg.lora.enabled and not has_lora(model):
+        apply_lora(model, lora_settings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules))
+    set_trainable(model, cfg.trainable)
+    model.train()
+    return model, processor
+
+
+def set_trainable(model: PixelLMForCausalLM, mode: str) -> None:
+    """``pixellm``: SPEC section 4 (``model.configure_trainable``); ``all_but_vision``: also the
+    whole LLM; ``all``: every parameter (the unused IoU head stays frozen: it never gets a grad)."""
+    model.configure_trainable()
+    if mode == "pixellm":
+        return
+    if mode not in ("all_but_vision", "all"):
+        raise ConfigError(f"trainable: unknown mode {mode!r}")
+    for p in model.language_model.parameters():
+        p.requires_grad_(True)
+    if mode == "all":
+        for p in model.vision_tower.parameters():
+            p.requires_grad_(True)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (what a checkpoint must hold to resume)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return train, total
