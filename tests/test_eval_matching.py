@@ -82,7 +82,9 @@ def test_intersections_are_exact_integers():
 def test_hungarian_matches_brute_force_on_padded_costs(g, k):
     rng = np.random.default_rng(10 * g + k)
     gt, pred = random_masks(rng, g), random_masks(rng, k)
-    perm, _, cost = match_binary(gt, pred)
+    perm, inter, gt_area, pred_area, cost = match_binary(gt, pred)
+    assert inter.shape == (g, k) and gt_area.tolist() == [int(m.sum()) for m in gt]
+    assert pred_area.tolist() == [int(m.sum()) for m in pred]
     p = max(g, k)
     assert cost.shape == (p, p) and sorted(perm.tolist()) == list(range(p))
     # Padded entries are the costs of real empty masks.

@@ -12,7 +12,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     muse = sub.add_parser("muse", help="MUSE protocol: Hungarian matching, judge, gated gIoU/cIoU")
     _common(muse)
-    muse.add_argument("--judge", choices=["oracle", "embedding", "openai"], default="oracle")
+    muse.add_argument(
+        "--judge",
+        choices=["oracle", "embedding", "openai"],
+        default="oracle",
+        help="who scores each mention: oracle (mask quality only), embedding (offline MiniLM), openai (chat API)",
+    )
     muse.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     muse.add_argument("--judge-model", help="model name for the openai judge")
     muse.add_argument(

@@ -26,7 +26,7 @@ import numpy as np
 
 from pixellm.data.muse import MuseQuestion, iter_questions
 from pixellm.eval.judges.base import Judge, JudgeItem, make_judge
-from pixellm.eval.matching import EPS, intersections, mask_areas, match_binary, match_soft
+from pixellm.eval.matching import EPS, match_binary, match_soft, pair_counts
 from pixellm.eval.predictions import (
     GENERATED,
     TEACHER_FORCED,
@@ -138,9 +138,9 @@ def match_masks(
     if mask_logits is not None and k:
         probs = 1.0 / (1.0 + np.exp(-np.asarray(mask_logits, dtype=np.float64)))
         perm, _ = match_soft(gt, probs, eps)
-        inter = intersections(gt, pred)
+        inter, gt_area, pred_area = pair_counts(gt, pred)
     else:
-        perm, inter, _ = match_binary(gt, pred, mask_scores, eps)
+        perm, inter, gt_area, pred_area, _ = match_binary(gt, pred, mask_scores, eps)
     matched: list[int | None] = [None] * k
     unmatched_gt = []
     for i, j in enumerate(perm):
@@ -152,8 +152,8 @@ def match_masks(
         matched=matched,
         unmatched_gt=unmatched_gt,
         inter=inter,
-        gt_area=mask_areas(gt),
-        pred_area=mask_areas(pred),
+        gt_area=gt_area,
+        pred_area=pred_area,
     )
 
 
