@@ -157,14 +157,19 @@ def test_splits_and_buckets():
     assert m["samples"] == 3
 
 
-def test_mask_scores_and_logits_change_costs_not_ious():
-    m1 = evaluate_muse([record([[A, B]])], [pred(0, 0, [B, A], mask_scores=[0.9, 0.3])])
-    assert m1["gIoU"] == 1.0
+def test_mask_scores_and_logits_steer_matching_not_ious():
+    # Two copies of A: the one with the higher mask score has the lower BCE and wins the match.
+    for scores, winner in (([0.3, 0.9], 1), ([0.9, 0.3], 0)):
+        m = evaluate_muse([record([[A]])], [pred(0, 0, [A, A], mask_scores=scores)], details=True)
+        pairs = m["generated"]["per_sample"][0]["pairs"]
+        assert [p[:2] for p in pairs if p[0] == 0] == [[0, winner]]
+        assert m["gIoU"] == pytest.approx(0.5)
+    # In-memory logits: confident logits for the masks in swapped order still match them right.
     logits = np.stack([np.where(B, 4.0, -4.0), np.where(A, 4.0, -4.0)])
-    m2 = evaluate_muse(
-        [record([[A, B]])], [{**pred(0, 0, [B, A]), "masks": np.stack([B, A]), "mask_logits": logits}]
-    )
-    assert m2["gIoU"] == 1.0 and m2["cIoU"] == 1.0
+    item = {**pred(0, 0, [B, A]), "masks": np.stack([B, A]), "mask_logits": logits}
+    m = evaluate_muse([record([[A, B]])], [item], details=True)
+    assert m["gIoU"] == 1.0 and m["cIoU"] == 1.0
+    assert sorted(p[:2] for p in m["generated"]["per_sample"][0]["pairs"]) == [[0, 1], [1, 0]]
 
 
 def test_rewrite_and_phrases():
