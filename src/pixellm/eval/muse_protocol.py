@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from pixellm.data.muse import MuseQuestion, iter_questions
 from pixellm.eval.judges.base import Judge, JudgeItem, make_judge
@@ -136,7 +137,7 @@ def match_masks(
     """
     g, k = gt.shape[0], pred.shape[0]
     if mask_logits is not None and k:
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(mask_logits, dtype=np.float64)))
+        probs = expit(np.asarray(mask_logits, dtype=np.float64))  # overflow-safe sigmoid
         perm, _ = match_soft(gt, probs, eps)
         inter, gt_area, pred_area = pair_counts(gt, pred)
     else:
