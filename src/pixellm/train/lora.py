@@ -136,3 +136,16 @@ def load_pixellm(path: str | os.PathLike, merge: bool = False, dtype: torch.dtyp
     if merge:
         merge_lora(model)
     return model.eval()
+
+
+def merge_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Load a saved model (+ processor) with LoRA adapters, merge them and save a plain HF-format
+    model (and the processor, when ``src`` has one) to ``dst``."""
+    model = load_pixellm(src, merge=True)
+    dst = Path(dst)
+    model.save_pretrained(str(dst))
+    if (Path(src) / "processor_config.json").is_file():
+        from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+        PixelLMProcessor.from_pretrained(src).save_pretrained(dst)
+    return dst

@@ -1,0 +1,225 @@
+"""``pixellm demo``: synthetic data -> train the tiny preset on the CPU -> MUSE evaluation.
+
+1. ``pixellm.data.synth`` writes a train split and a disjoint held-out split (no image shared).
+2. The ``tiny`` preset trains from scratch (CLIP frozen at its random initialisation, everything
+   else trainable: a frozen *random* LLM could not learn the language side) with the recipe of
+   :func:`demo_config` (also written out as ``configs/tiny.yaml``).
+3. The ``Predictor`` answers every held-out question (greedy generation); masks also come
+   teacher-forced from the GT answers. Both go through the MUSE protocol with the oracle judge.
+4. ``DIR/metrics.json``, ``DIR/report.md``, ``DIR/examples/*.png``, ``DIR/checkpoint/`` (model +
+   processor, loadable by ``Predictor.from_pretrained``). The last line printed is
+   ``gIoU=<x> cIoU=<y>`` (held-out, generated answers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixellm.train.config import DataSource, LoraSettings, OptimSettings, TrainConfig
+
+# Demo sizes: training questions and held-out questions of the synthetic set.
+TRAIN_QUESTIONS = 8000
+VAL_QUESTIONS = 200
+DEMO_STEPS = 550
+NUM_EXAMPLES = 8
+
+
+def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> TrainConfig:
+    """The demo's recipe (mirrored by ``configs/tiny.yaml``; a test keeps them in sync).
+
+    Differences from the 7B recipe, all for a from-scratch model on 2 CPU cores: lr 1e-3,
+    batch 32 in one step (no accumulation), no LoRA, LLM fully trainable, CLIP frozen.
+    """
+    out = Path(out_dir)
+    data = out / "data"
+    return TrainConfig(
+        preset="tiny",
+        trainable="all_but_vision",
+        lora=LoraSettings(enabled=False),
+        data=[DataSource(name="synth", kind="synth", path=str(data / "train.json"), rate=1.0)],
+        val_data=str(data / "val.json"),
+        val_samples=VAL_QUESTIONS,
+        max_length=160,
+        optim=OptimSettings(lr=1e-3, betas=[0.9, 0.95], weight_decay=0.0, warmup_steps=50, grad_clip=1.0),
+        steps=steps,
+        batch_size=32,
+        effective_batch=32,
+        precision="auto",
+        seed=seed,
+        output_dir=str(out / "run"),
+        save_every=max(1, steps // 2),
+        keep_checkpoints=1,
+        val_every=max(1, steps // 4),
+        log_every=10,
+    )
+
+
+def _question_kinds(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
+    return {
+        (i, j): str(kind)
+        for i, rec in enumerate(records)
+        for j, kind in enumerate(rec.get("question_kinds", ["unknown"] * len(rec["questions"])))
+    }
+
+
+def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str]) -> dict[str, Any]:
+    """gIoU / cIoU / samples per question kind and mode, from the protocol's per-sample rows."""
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for mode in ("generated", "teacher_forced"):
+        rows = metrics.get(mode, {}).pop("per_sample", [])
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            groups[kinds.get((r["image"], r["question"]), "unknown")].append(r)
+        for kind, rs in sorted(groups.items()):
+            union = sum(r["union"] for r in rs)
+            out[kind][mode] = {
+                "gIoU": float(np.mean([r["iou"] for r in rs])),
+                "cIoU": sum(r["intersection"] for r in rs) / union if union else 1.0,
+                "samples": len(rs),
+                "exact_target_count": float(np.mean([r["gt"] == r["pred"] for r in rs])),
+            }
+    return dict(out)
+
+
+def predict_split(predictor, records: list[dict[str, Any]], root: Path, batch_size: int = 32,
+                  teacher_forced: bool = False) -> list[dict[str, Any]]:
+    """PRED.jsonl dicts for every question of ``records`` (generated or teacher-forced)."""
+    from PIL import Image
+
+    from pixellm.data.muse import iter_questions
+
+    questions = list(iter_questions(records, image_root=root))
+    preds: list[dict[str, Any]] = []
+    for i in range(0, len(questions), batch_size):
+        chunk = questions[i : i + batch_size]
+        images = [Image.open(q.image_path).convert("RGB") for q in chunk]
+        texts = [q.question for q in chunk]
+        if teacher_forced:
+            results = predictor.teacher_forced(images, texts, [q.answer_text() for q in chunk])
+        else:
+            results = predictor.batch(images, texts)
+        preds += [r.to_json(q.image_index, q.question_index) for q, r in zip(chunk, results)]
+    return preds
+
+
+def write_examples(predictor, records: list[dict[str, Any]], root: Path, preds: list[dict[str, Any]],
+                   folder: Path, count: int = NUM_EXAMPLES, scale: int = 4) -> list[str]:
+    """Overlay pictures (upscaled ``scale`` x, nearest) of the first ``count`` generated answers."""
+    from PIL import Image
+
+    from pixellm.data.masks import decode_rle
+    from pixellm.infer.overlay import render_overlay, target_names
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for p in preds[:count]:
+        rec = records[p["image"]]
+        image = Image.open(root / rec["file_name"]).convert("RGB")
+        masks = np.stack([decode_rle(m) for m in p["masks"]]) if p["masks"] else \
+            np.zeros((0, image.height, image.width), bool)
+        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        big_masks = masks.repeat(scale, axis=1).repeat(scale, axis=2)
+        picture = render_overlay(big, big_masks, target_names(p["answer"]) if len(masks) else None)
+        name = f"{p['image']:04d}_q{p['question']}.png"
+        picture.save(folder / name)
+        names.append(name)
+    return names
+
+
+def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, Any]], preds: list[dict[str, Any]],
+                 examples: list[str]) -> None:
+    gen, tf = metrics.get("generated", {}), metrics.get("teacher_forced", {})
+    tr = metrics["training"]
+    lines = [
+        "# PixelLM demo report",
+        "",
+        f"Tiny preset trained from scratch on the synthetic set for {tr['steps']} steps "
+        f"({tr['samples']} samples, {tr['seconds']:.0f} s, {tr['samples_per_second']:.1f} samples/s), "
+        f"evaluated on {metrics['samples']} held-out questions (disjoint images) with the MUSE protocol, "
+        f"judge `{metrics['judge']}`.",
+        "",
+        "| answers | gIoU | cIoU |",
+        "|---|---|---|",
+        f"| generated | {gen.get('gIoU', 0):.4f} | {gen.get('cIoU', 0):.4f} |",
+        f"| teacher-forced | {tf.get('gIoU', 0):.4f} | {tf.get('cIoU', 0):.4f} |",
+        "",
+        "## Per question kind (generated / teacher-forced gIoU)",
+        "",
+        "| kind | questions | generated gIoU | teacher-forced gIoU | right target count |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, m in metrics["per_kind"].items():
+        g, t = m.get("generated", {}), m.get("teacher_forced", {})
+        lines.append(f"| {kind} | {g.get('samples', 0)} | {g.get('gIoU', 0):.3f} | {t.get('gIoU', 0):.3f} | "
+                     f"{g.get('exact_target_count', 0):.2f} |")
+    lines += ["", "## Examples", ""]
+    for name, p in zip(examples, preds):
+        q = records[p["image"]]["questions"][p["question"]]
+        gt = records[p["image"]]["text_answers"][p["question"]] if "text_answers" in records[p["image"]] else ""
+        lines += [f"![{name}](examples/{name})", "", f"- Q: {q}", f"- model: {p['answer']}",
+                  f"- ground truth: {gt.replace('{seg}', '[SEG]')}", ""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    steps: int | None = None,
+    seed: int = 0,
+    train_questions: int = TRAIN_QUESTIONS,
+    val_questions: int = VAL_QUESTIONS,
+    progress: bool = True,
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Run the whole demo; returns the metrics written to ``out_dir/metrics.json``."""
+    import torch
+
+    from pixellm.data.muse import load_muse
+    from pixellm.data.synth import write_synth
+    from pixellm.eval.muse_protocol import evaluate_muse
+    from pixellm.infer.predictor import Predictor
+    from pixellm.train.trainer import train
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = out / "data"
+    write_synth(data, {"train": train_questions, "val": val_questions}, seed=seed, progress=progress)
+    cfg = config or demo_config(out, DEMO_STEPS if steps is None else steps, seed)
+    cfg.progress = progress
+    cfg.val_samples = min(cfg.val_samples, val_questions)
+    result = train(cfg, export_dir=out / "checkpoint")
+
+    predictor = Predictor(result.model, result.processor)
+    records = load_muse(data / "val.json")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        generated = predict_split(predictor, records, data)
+        forced = predict_split(predictor, records, data, teacher_forced=True)
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for p in generated + forced:
+            f.write(json.dumps(p) + "\n")
+    metrics = evaluate_muse(records, generated + forced, judge="oracle", split="val", details=True)
+    metrics["per_kind"] = per_kind(metrics, _question_kinds(records))
+    last = result.history[-1] if result.history else {}
+    metrics["training"] = {
+        "steps": result.step,
+        "samples": result.samples,
+        "seconds": round(result.seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 2),
+        "final_losses": {k: round(v, 4) for k, v in last.items() if k.endswith("loss")},
+        "validation": result.validation,
+        "skipped": result.skipped,
+        "config": cfg.to_dict(),
+    }
+    metrics["data"] = {"train_questions": train_questions, "val_questions": val_questions, "seed": seed}
+    metrics["seconds_total"] = round(time.perf_counter() - t0, 1)
+    examples = write_examples(predictor, records, data, generated, out / "examples")
+    with open(out / "metrics.json", "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    write_report(out / "report.md", metrics, records, generated, examples)
+    return metrics

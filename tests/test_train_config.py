@@ -1,0 +1,118 @@
+"""YAML + key=value configs, the WarmupDecayLR schedule and the shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixellm.errors import ConfigError
+from pixellm.train.config import TrainConfig, apply_overrides, load_config
+from pixellm.train.schedule import warmup_decay_factor, warmup_decay_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_table_a1():
+    cfg = TrainConfig()
+    assert cfg.optim.lr == 3e-4 and cfg.optim.betas == [0.9, 0.95] and cfg.optim.weight_decay == 0
+    assert cfg.optim.warmup_steps == 100 and cfg.optim.grad_clip == 1.0 and cfg.effective_batch == 16
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (8, 16, 0.05, ["q_proj", "v_proj"])
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 10\noptim:\n  lr: 0.001\ndata:\n  - {name: a, kind: muse, path: a.json, rate: 2}\n")
+    cfg = load_config(path, ["optim.betas=[0.8, 0.9]", "lora.enabled=false", "data.0.rate=3", "val_data=null",
+                             "lora.target_modules=q_proj,k_proj"])
+    assert cfg.steps == 10 and cfg.optim.lr == 1e-3 and cfg.optim.betas == [0.8, 0.9]
+    assert cfg.lora.enabled is False and cfg.data[0].rate == 3.0 and cfg.val_data is None
+    assert cfg.lora.target_modules == ["q_proj", "k_proj"]
+    assert apply_overrides({}, ["a.b=1"]) == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stepz=3", "unknown key stepz"),
+        ("optim.lrr=3", "unknown key optim.lrr"),
+        ("steps=abc", "steps: expected int"),
+        ("trainable=some", "trainable"),
+        ("effective_batch=15", "not a multiple of batch_size"),
+        ("lora.enabled=maybe", "expected true/false"),
+        ("noequals", "not key=value"),
+        ("data=[{kind: zip, path: x}]", r"data\[0\].kind"),
+    ],
+)
+def test_bad_values_raise_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(bad)
+
+
+def test_warmup_then_linear_decay():
+    assert warmup_decay_factor(0, 4, 10) == pytest.approx(0.25)
+    assert warmup_decay_factor(3, 4, 10) == pytest.approx(1.0)
+    assert warmup_decay_factor(4, 4, 10) == pytest.approx(1.0)
+    assert warmup_decay_factor(7, 4, 10) == pytest.approx(0.5)
+    assert warmup_decay_factor(10, 4, 10) == 0.0
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_decay_lr(opt, 4, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0]) and lrs[-1] == pytest.approx(2.0 / 6)
+    # The scheduler state resumes (it is saved in checkpoints as JSON).
+    import json
+
+    state = json.loads(json.dumps(sched.state_dict()))
+    sched2 = warmup_decay_lr(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0), 4, 10)
+    sched2.load_state_dict(state)
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+@pytest.mark.parametrize("name", ["tiny", "pixellm-7b", "pixellm-13b"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.preset == name
+    if name != "tiny":
+        # Released mix and sampling rates (SPEC section 4), LoRA, Table A.1 recipe.
+        # Like the released HybridDataset: the rate of a type is shared by its data sets.
+        rates: dict[str, float] = {}
+        for d in cfg.data:
+            group = d.name.split("/")[0]
+            rates[group] = rates.get(group, 0.0) + d.rate
+        assert rates == pytest.approx({"sem_seg": 2, "refer_seg": 9, "vqa": 2, "multi_reason_seg": 4})
+        assert cfg.lora.enabled and cfg.trainable == "pixellm" and cfg.optim.lr == 3e-4
+        assert cfg.effective_batch == 16 and cfg.max_length == 512
+
+
+def test_tiny_yaml_matches_the_demo_recipe(tmp_path):
+    from pixellm.train.demo import demo_config
+
+    yaml_cfg = load_config(ROOT / "configs" / "tiny.yaml").to_dict()
+    demo = demo_config("demo_out").to_dict()
+    for key in ("data", "val_data", "output_dir", "save_every", "val_every", "keep_checkpoints"):
+        yaml_cfg.pop(key), demo.pop(key)
+    assert yaml_cfg == demo
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2"])
+def test_accelerate_configs_are_valid_yaml(name):
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
+    assert data["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+    assert data["mixed_precision"] == "bf16"
