@@ -1,0 +1,38 @@
+"""``pixellm infer``: predictions for a whole split as PRED.jsonl (batched, resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from pixellm.infer.cli_args import add_model_args
+
+    p = subparsers.add_parser(
+        "infer", help="predict a whole split into PRED.jsonl",
+        description="Predictions for every question of a split, one JSON line each (resumable: a restart "
+                    "skips the lines already written).",
+    )
+    add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="muse:PATH.json[:IMAGE_ROOT] or refer:ROOT:DATASET:SPLIT_BY:SPLIT[:IMAGE_ROOT]")
+    p.add_argument("--out", required=True, help="output PRED.jsonl (appended to when it exists)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--teacher-forced", action="store_true",
+                   help="masks from the ground-truth answer text instead of generated answers")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from pixellm.infer.cli_args import load_predictor
+    from pixellm.infer.split_inference import parse_data_spec, run_inference
+
+    records, image_root, source = parse_data_spec(args.data)  # bad spec fails before the model loads
+    summary = run_inference(
+        load_predictor(args), records, args.out, image_root=image_root, source=source, batch_size=args.batch_size,
+        teacher_forced=args.teacher_forced, limit=args.limit,
+    )
+    print(f"{summary.path}: {summary.written} written, {summary.resumed} already there, "
+          f"{summary.failed} failed, {summary.total} questions")
+    return 1 if summary.failed else 0

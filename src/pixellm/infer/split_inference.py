@@ -1,0 +1,194 @@
+"""Predictions for a whole split, written as ``PRED.jsonl`` (INTERFACES.md), batched and resumable.
+
+Resuming: the output file is read first; every complete line's (image, question, mode) is
+skipped, and a partially written last line (a crash mid-write) is cut off before appending.
+Each batch is flushed and fsync'ed, so at most one batch of work is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pixellm.data.muse import MuseQuestion, iter_questions, load_muse
+from pixellm.errors import ConfigError, DataError, InputError, PixelLMError
+from pixellm.infer.generation import GenerationOptions
+
+logger = logging.getLogger(__name__)
+
+DATA_SPECS = "muse:PATH.json[:IMAGE_ROOT] or refer:ROOT:DATASET:SPLIT_BY:SPLIT[:IMAGE_ROOT]"
+
+
+@dataclass
+class InferenceSummary:
+    path: str
+    total: int  # questions in the split (after ``limit``)
+    written: int  # lines added by this run
+    resumed: int  # questions already in the file
+    failed: int  # questions whose image could not be read (no line written)
+
+
+def parse_data_spec(spec: str) -> tuple[list[dict[str, Any]], str | None, str]:
+    """``(records, image_root, source name)`` for a data spec.
+
+    - ``muse:PATH.json[:IMAGE_ROOT]``: a MUSE-format file (MUSE, converted refer/semseg sets,
+      synthetic data); images relative to ``IMAGE_ROOT`` (default: the JSON file's folder).
+    - ``refer:ROOT:DATASET:SPLIT_BY:SPLIT[:IMAGE_ROOT]``: a refer split converted on the fly
+      (``pixellm.data.refer.refer_to_muse`` defaults, seed 0: the same records as
+      ``pixellm data refer2muse`` with defaults, so evaluate against that file).
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "muse" and rest:
+        path, root = rest, None
+        if ".json:" in rest:  # the image root follows the JSON path
+            cut = rest.rindex(".json:") + len(".json")
+            path, root = rest[:cut], rest[cut + 1 :] or None
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such MUSE JSON file (data spec {spec!r})")
+        return load_muse(path), root if root is not None else str(Path(path).parent), path
+    if kind == "refer" and rest:
+        parts = rest.split(":")
+        if len(parts) not in (4, 5):
+            raise ConfigError(f"bad refer spec {spec!r}; expected {DATA_SPECS}")
+        from pixellm.data.refer import refer_to_muse
+
+        root, dataset, split_by, split = parts[:4]
+        records = refer_to_muse(root, dataset, split_by, split)
+        return records, parts[4] if len(parts) == 5 else root, f"{dataset}({split_by}) {split}"
+    raise ConfigError(f"unknown data spec {spec!r}; expected {DATA_SPECS}")
+
+
+def read_done(path: str | os.PathLike) -> set[tuple[int, int, bool]]:
+    """Keys ``(image, question, teacher_forced)`` of the lines of an existing output.
+
+    Lines are written whole with their newline, so anything after the last newline is the
+    partially written tail of an interrupted run: it is cut off. A broken line before it is an
+    error naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        logger.warning("%s: dropping a partially written last line (%d bytes)", path, len(data) - keep)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    done: set[tuple[int, int, bool]] = set()
+    for n, raw in enumerate(data[:keep].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+            done.add((int(obj["image"]), int(obj["question"]), bool(obj.get("teacher_forced", False))))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"cannot resume: unreadable line ({err})", path=str(path), record=f"line {n}") from err
+    return done
+
+
+def run_inference(
+    predictor: Any,
+    data: str | Sequence[dict[str, Any]],
+    out: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    source: str = "<records>",
+    batch_size: int = 4,
+    teacher_forced: bool = False,
+    limit: int | None = None,
+    options: GenerationOptions | None = None,
+    progress: bool = True,
+) -> InferenceSummary:
+    """Predict every question of a split into ``out`` (JSONL), resuming a previous run.
+
+    Args:
+        predictor: a ``Predictor`` or a model folder.
+        data: a data spec (:func:`parse_data_spec`) or MUSE-format records in memory.
+        image_root: image folder for in-memory records (specs carry their own).
+        source: name of in-memory records in error messages (e.g. their file).
+        teacher_forced: masks from the ground-truth answer text (lines flagged
+            ``"teacher_forced": true``) instead of generated answers.
+        limit: only the first ``limit`` questions (in file order).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(predictor, str | os.PathLike):
+        from pixellm.infer.predictor import Predictor
+
+        predictor = Predictor.from_pretrained(predictor)
+    if isinstance(data, str):
+        records, image_root, source = parse_data_spec(data)
+    else:
+        records = list(data)
+    questions = list(iter_questions(records, image_root, source))
+    if limit is not None:
+        questions = questions[:limit]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(out)
+    todo = [q for q in questions if (q.image_index, q.question_index, teacher_forced) not in done]
+    summary = InferenceSummary(str(out), len(questions), 0, len(questions) - len(todo), 0)
+    bar = tqdm(total=len(questions), initial=summary.resumed, desc="infer", unit="q", disable=not progress)
+    with open(out, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            lines, failed = _predict_chunk(predictor, chunk, teacher_forced, options)
+            for line in lines:
+                f.write(json.dumps(line, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            summary.written += len(lines)
+            summary.failed += failed
+            bar.update(len(chunk))
+    bar.close()
+    return summary
+
+
+def _predict_chunk(
+    predictor: Any, chunk: list[MuseQuestion], teacher_forced: bool, options: GenerationOptions | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Lines for one batch; if an image is unreadable, retry one by one and skip the bad ones."""
+    try:
+        return _predict(predictor, chunk, teacher_forced, options), 0
+    except PixelLMError:
+        if len(chunk) == 1:
+            raise
+    lines, failed = [], 0
+    for q in chunk:
+        try:
+            lines.extend(_predict(predictor, [q], teacher_forced, options))
+        except (DataError, InputError) as err:
+            logger.warning("skipping image %d question %d: %s", q.image_index, q.question_index, err)
+            failed += 1
+    return lines, failed
+
+
+def _predict(
+    predictor: Any, chunk: list[MuseQuestion], teacher_forced: bool, options: GenerationOptions | None
+) -> list[dict[str, Any]]:
+    for q in chunk:
+        if not q.image_path:
+            raise DataError(f"record {q.image_index} has no 'file_name' or 'coco_url'", path=q.source or None)
+    images = [q.image_path for q in chunk]
+    questions = [q.question for q in chunk]
+    if teacher_forced:
+        results = predictor.teacher_forced(images, questions, [q.answer_text() for q in chunk])
+    else:
+        results = predictor.batch(images, questions, options=options)
+    lines = []
+    for q, r in zip(chunk, results):
+        if r.masks.shape[1:] != (q.height, q.width):
+            raise DataError(
+                f"record {q.image_index}: image {q.image_path} is {r.masks.shape[1]}x{r.masks.shape[2]} "
+                f"but the record says {q.height}x{q.width}",
+                path=q.source or None,
+            )
+        lines.append(r.to_json(image=q.image_index, question=q.question_index))
+    return lines
