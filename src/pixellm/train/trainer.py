@@ -42,7 +42,7 @@ LOSS_PARTS = ("loss", "ce_loss", "ref_loss", "dice_loss")
 
 @dataclass
 class TrainResult:
-    """What a run did. ``model`` is the unwrapped model (main process), ready for inference."""
+    """What a run did. ``model`` is this process's unwrapped model, ready for inference."""
 
     step: int
     output_dir: Path
@@ -374,10 +374,10 @@ class Trainer:
                 print(f"skipped {total} bad sample(s): " + ", ".join(f"{k} x{v}" for k, v in skipped.most_common()))
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt.write_json(self.out / "skipped.json", dict(skipped))
-            model = acc.unwrap_model(self.model)
             if not stopped:
-                result.export_dir = export_model(model, self.processor, self.export_dir)
-            result.model, result.processor = model, self.processor
+                result.export_dir = export_model(acc.unwrap_model(self.model), self.processor, self.export_dir)
+        result.model, result.processor = acc.unwrap_model(self.model), self.processor
+        self.model = None
         self.close()
         return result
 
