@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -54,12 +55,19 @@ def test_two_processes_stay_in_sync_and_exit_cleanly(tmp_path):
     script = tmp_path / "run_train.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
+    # Own session: on a timeout the whole group (torchrun + workers) is killed, no orphans.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), json.dumps(values)],
-        env=env, capture_output=True, text=True, timeout=240,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["step"] == ranks[1]["step"] == 3
@@ -69,4 +77,4 @@ def test_two_processes_stay_in_sync_and_exit_cleanly(tmp_path):
     assert ranks[0]["first_loss"] != ranks[1]["first_loss"]
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "checkpoint-00000003" / "rng-1.json").is_file()
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in stderr
