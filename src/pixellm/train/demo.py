@@ -185,6 +185,9 @@ def run_demo(
     from pixellm.infer.predictor import Predictor
     from pixellm.train.trainer import train
 
+    from pixellm.train.trainer import flush_denormals
+
+    flush_denormals()  # before any torch op, so that every worker thread inherits it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -70,6 +70,15 @@ def resolve_precision(precision: str) -> str:
     return "bf16"
 
 
+def flush_denormals() -> None:
+    """Flush denormal floats to zero on the CPU (FTZ/DAZ). Late in training, softmax gradients
+    of tokens the model has ruled out and optimizer moments of rarely-updated rows decay into
+    denormals; fp32 matmuls on them run ~150x slower (measured: 0.94 s vs 0.006 s for a
+    3200x1032 @ 1032x256 product), which made CPU steps 10x slower after ~500 steps. The flag is
+    per thread and inherited by threads created later: call it before the first parallel op."""
+    torch.set_flush_denormal(True)
+
+
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -136,6 +145,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg = self.cfg
+        flush_denormals()
         self.acc = acc = make_accelerator(cfg)
         world = acc.num_processes
         per_step = cfg.batch_size * world
