@@ -183,9 +183,7 @@ def run_demo(
     from pixellm.data.synth import write_synth
     from pixellm.eval.muse_protocol import evaluate_muse
     from pixellm.infer.predictor import Predictor
-    from pixellm.train.trainer import train
-
-    from pixellm.train.trainer import flush_denormals
+    from pixellm.train.trainer import flush_denormals, train
 
     flush_denormals()  # before any torch op, so that every worker thread inherits it
     out = Path(out_dir)
