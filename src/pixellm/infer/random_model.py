@@ -104,10 +104,13 @@ def script_answer(model: Any, transitions: dict[int, int], strength: float = 1.0
         head[b] = dirs[b].to(head.dtype)
 
 
-def scripted_pixellm(processor: Any, answer: str, loop_from: str | None = None, **kwargs: Any) -> Any:
+def scripted_pixellm(
+    processor: Any, answer: str, loop_from: str | None = None, strength: float = 1.0, **kwargs: Any
+) -> Any:
     """A random model whose greedy answer to any question is ``answer`` (``[SEG]`` markers allowed),
     repeating from the first occurrence of ``loop_from`` (a suffix of ``answer``) until the token
-    limit, or ending with EOS when ``loop_from`` is None."""
+    limit, or ending with EOS when ``loop_from`` is None. ``strength``: embedding norm of the
+    scripted tokens (raise it for wider / deeper models, whose random layers add more)."""
     from pixellm.processing.conversation import expand_seg
 
     model = random_pixellm(processor, **kwargs)
@@ -125,7 +128,7 @@ def scripted_pixellm(processor: Any, answer: str, loop_from: str | None = None, 
         if seq[-len(tail):] != tail:
             raise ConfigError(f"loop_from {loop_from!r} must tokenise as a suffix of the answer")
         loop_to = len(seq) - len(tail)
-    script_answer(model, chain_transitions(seq, loop_to), seed=kwargs.get("seed", 0))
+    script_answer(model, chain_transitions(seq, loop_to), strength=strength, seed=kwargs.get("seed", 0))
     return model
 
 
