@@ -3,23 +3,44 @@
 The same format serves MUSE (train/val/test_less/test_many), converted referring splits and
 the synthetic set, so one reader and one evaluator serve all of them. Masks are decoded lazily
 (``MuseQuestion.target_masks()``), never all held in memory.
+
+Training uses ``muse_samples`` (lenient: a structurally broken record is skipped and counted,
+never fatal); conversion, statistics and evaluation use ``load_muse`` (strict: the first
+malformed record raises a ``DataError`` naming the file and record).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pixellm.data.masks import decode_segmentation
+from pixellm.data.prompts import answer_from_descriptions, with_instruction
+from pixellm.data.sample import SEG_PLACEHOLDER, Sample
 from pixellm.errors import DataError
 
-SEG_PLACEHOLDER = "{seg}"
+__all__ = [
+    "SEG_PLACEHOLDER",
+    "MuseQuestion",
+    "decode_targets",
+    "iter_questions",
+    "load_muse",
+    "muse_samples",
+    "read_json_list",
+    "resolve_image_path",
+    "save_muse",
+    "target_description",
+    "validate_record",
+]
 
 
 @dataclass
@@ -43,20 +64,61 @@ class MuseQuestion:
 
     def target_masks(self) -> np.ndarray:
         """Decode the targets' masks: bool array ``[G, H, W]`` (G may be 0)."""
-        masks = np.zeros((len(self.targets), self.height, self.width), dtype=bool)
-        for i, ann in enumerate(self.targets):
-            try:
-                masks[i] = decode_segmentation(ann["segmentation"], self.height, self.width)
-            except (DataError, KeyError) as err:
-                raise DataError(
-                    f"image {self.image_index} question {self.question_index} target {i}: {err}",
-                    path=self.source or None,
-                ) from err
-        return masks
+        return decode_targets(
+            self.targets,
+            self.height,
+            self.width,
+            self.source or None,
+            f"image {self.image_index} question {self.question_index}",
+        )
 
     def descriptions(self) -> list[str]:
         """Text description of each target (``rephrased_name`` if present, else the category)."""
         return [target_description(a) for a in self.targets]
+
+    def answer_text(self) -> str:
+        """Answer with one ``{seg}`` per target: ``text_answers`` entry, else built from descriptions."""
+        if self.text_answer is not None:
+            return str(self.text_answer)
+        return answer_from_descriptions(self.descriptions())
+
+    def prompt(self, rng: random.Random | None = None) -> str:
+        """Question with the instruction suffix (canonical without ``rng``; inference/eval form)."""
+        return with_instruction(self.question, rng)
+
+    def to_sample(self, rng: random.Random | None = None) -> Sample:
+        """Training ``Sample`` with lazily decoded masks (a picklable partial)."""
+        return Sample(
+            image_path=self.image_path or "",
+            question=self.prompt(rng),
+            answer=self.answer_text(),
+            load_masks=partial(
+                decode_targets,
+                self.targets,
+                self.height,
+                self.width,
+                self.source or None,
+                f"record {self.image_index} question {self.question_index}",
+            ),
+            source=self.source,
+            meta={"path": self.source, "record": self.image_index, "question": self.question_index},
+        )
+
+
+def decode_targets(
+    targets: list[Any], height: int, width: int, path: str | None = None, where: str = ""
+) -> np.ndarray:
+    """Decode annotation dicts' ``segmentation`` fields: bool ``[G, H, W]`` (G may be 0)."""
+    masks = np.zeros((len(targets), height, width), dtype=bool)
+    for i, ann in enumerate(targets):
+        try:
+            if not isinstance(ann, dict):
+                raise DataError(f"target must be an annotation object, got {type(ann).__name__}")
+            masks[i] = decode_segmentation(ann["segmentation"], height, width)
+        except (DataError, KeyError) as err:
+            detail = "missing field 'segmentation'" if isinstance(err, KeyError) else str(err)
+            raise DataError(f"{where} target {i}: {detail}".strip(), path=path) from err
+    return masks
 
 
 def target_description(ann: dict[str, Any]) -> str:
@@ -78,45 +140,107 @@ def resolve_image_path(record: dict[str, Any], image_root: str | os.PathLike | N
     return str(path)
 
 
-def load_muse(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Load and validate the top-level structure of a MUSE JSON file (a list of image records)."""
+def read_json_list(path: str | os.PathLike) -> list[Any]:
+    """Read a JSON file that must hold a list; ``DataError`` naming the file otherwise."""
     path = str(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path=path) from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text ({err.reason})", path=path) from err
     if not isinstance(data, list):
         raise DataError("expected a JSON list of image records", path=path)
+    return data
+
+
+def load_muse(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Load and validate the top-level structure of a MUSE JSON file (a list of image records)."""
+    path = str(path)
+    data = read_json_list(path)
     for i, rec in enumerate(data):
         validate_record(rec, path, i)
     return data
 
 
-def validate_record(rec: Any, path: str, index: int) -> None:
+def save_muse(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Write MUSE records as compact JSON (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, ensure_ascii=False, separators=(",", ":"))
+
+
+def muse_samples(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    rng: random.Random | None = None,
+    source: str | None = None,
+) -> tuple[list[Sample], Counter]:
+    """Training ``Sample``s of a MUSE-format file, one per question.
+
+    Lenient: a record that fails ``validate_record`` is skipped and counted under
+    ``malformed_record`` in the returned counter (the dataset reports it); per-question
+    problems (bad masks, ``{seg}`` count) surface later, when the sample is loaded.
+    ``image_root`` defaults to the JSON file's folder. ``rng`` picks instruction paraphrases.
+    """
+    path = str(path)
+    records = read_json_list(path)
+    root = Path(path).parent if image_root is None else image_root
+    name = source if source is not None else path
+    good: list[dict[str, Any]] = []
+    index: list[int] = []
+    skipped: Counter = Counter()
+    for i, rec in enumerate(records):
+        try:
+            _validate_structure(rec, path, i)
+        except DataError:
+            skipped["malformed_record"] += 1
+            continue
+        good.append(rec)
+        index.append(i)
+    samples = []
+    for rec_pos, rec in zip(index, good):
+        for q in _iter_record(rec, rec_pos, resolve_image_path(rec, root), name):
+            samples.append(q.to_sample(rng))
+    return samples, skipped
+
+
+def _validate_structure(rec: Any, path: str, index: int) -> None:
+    """``validate_record`` without the per-question ``{seg}`` check (the dataset counts those)."""
     where = f"record {index}"
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected an object", path=path)
     for key in ("height", "width", "questions", "answers"):
         if key not in rec:
             raise DataError(f"{where}: missing field '{key}'", path=path)
-    if not isinstance(rec["questions"], list) or not isinstance(rec["answers"], list):
+    try:
+        int(rec["height"]), int(rec["width"])
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: 'height'/'width' must be integers", path=path) from err
+    qs, ans, texts = rec["questions"], rec["answers"], rec.get("text_answers")
+    if not isinstance(qs, list) or not isinstance(ans, list):
         raise DataError(f"{where}: 'questions' and 'answers' must be lists", path=path)
-    if len(rec["questions"]) != len(rec["answers"]):
-        raise DataError(
-            f"{where}: {len(rec['questions'])} questions but {len(rec['answers'])} answers", path=path
-        )
-    texts = rec.get("text_answers")
-    if texts is not None:
-        if not isinstance(texts, list) or len(texts) != len(rec["questions"]):
-            raise DataError(f"{where}: 'text_answers' must have one entry per question", path=path)
-        for q, (text, targets) in enumerate(zip(texts, rec["answers"])):
-            if text is not None and str(text).count(SEG_PLACEHOLDER) != len(targets):
-                raise DataError(
-                    f"{where} question {q}: text answer has {str(text).count(SEG_PLACEHOLDER)} "
-                    f"{SEG_PLACEHOLDER} but {len(targets)} targets",
-                    path=path,
-                )
+    if len(qs) != len(ans):
+        raise DataError(f"{where}: {len(qs)} questions but {len(ans)} answers", path=path)
+    if not all(isinstance(a, list) for a in ans):
+        raise DataError(f"{where}: every 'answers' entry must be a list of targets", path=path)
+    if texts is not None and (not isinstance(texts, list) or len(texts) != len(qs)):
+        raise DataError(f"{where}: 'text_answers' must have one entry per question", path=path)
+
+
+def validate_record(rec: Any, path: str, index: int) -> None:
+    """Strict check of one record: structure, then each text answer's ``{seg}`` count."""
+    _validate_structure(rec, path, index)
+    texts = rec.get("text_answers") or []
+    for q, (text, targets) in enumerate(zip(texts, rec["answers"])):
+        if text is not None and str(text).count(SEG_PLACEHOLDER) != len(targets):
+            raise DataError(
+                f"record {index} question {q}: text answer has {str(text).count(SEG_PLACEHOLDER)} "
+                f"{SEG_PLACEHOLDER} but {len(targets)} targets",
+                path=path,
+            )
 
 
 def iter_questions(
@@ -124,18 +248,21 @@ def iter_questions(
 ) -> Iterator[MuseQuestion]:
     """Every question of every record, in file order."""
     for i, rec in enumerate(records):
-        texts = rec.get("text_answers") or [None] * len(rec["questions"])
-        image_path = resolve_image_path(rec, image_root)
-        for q, (question, targets, text) in enumerate(zip(rec["questions"], rec["answers"], texts)):
-            yield MuseQuestion(
-                image_index=i,
-                question_index=q,
-                question=str(question),
-                targets=list(targets),
-                text_answer=text,
-                height=int(rec["height"]),
-                width=int(rec["width"]),
-                image_path=image_path,
-                source=source,
-                record=rec,
-            )
+        yield from _iter_record(rec, i, resolve_image_path(rec, image_root), source)
+
+
+def _iter_record(rec: dict[str, Any], i: int, image_path: str | None, source: str) -> Iterator[MuseQuestion]:
+    texts = rec.get("text_answers") or [None] * len(rec["questions"])
+    for q, (question, targets, text) in enumerate(zip(rec["questions"], rec["answers"], texts)):
+        yield MuseQuestion(
+            image_index=i,
+            question_index=q,
+            question=str(question),
+            targets=list(targets),
+            text_answer=text,
+            height=int(rec["height"]),
+            width=int(rec["width"]),
+            image_path=image_path,
+            source=source,
+            record=rec,
+        )
