@@ -98,6 +98,12 @@ class SynthConfig:
     questions_per_image: int = 2
     kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
 
+    @classmethod
+    def for_size(cls, size: int, **kwargs: Any) -> SynthConfig:
+        """Config for ``size`` px images, shape extents scaled from the 64 px defaults (7-23)."""
+        lo, hi = max(3, round(7 * size / 64)), max(3, round(23 * size / 64))
+        return cls(size=size, min_extent=lo, max_extent=hi, **kwargs)
+
     def __post_init__(self) -> None:
         if not 1 <= self.min_shapes <= self.max_shapes <= len(COLOURS) * len(SHAPES):
             raise ConfigError(f"need 1 <= min_shapes <= max_shapes <= 15, got {self.min_shapes}, {self.max_shapes}")
