@@ -55,7 +55,7 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         output_dir=str(out / "run"),
         save_every=max(1, steps // 2),
         keep_checkpoints=1,
-        val_every=max(1, steps // 4),
+        val_every=max(1, steps // 5),
         log_every=10,
     )
 
