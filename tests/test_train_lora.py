@@ -92,8 +92,10 @@ def test_unmerged_checkpoint_round_trip_and_merge_step(tmp_path):
     model.save_pretrained(tmp_path / "lora")
     loaded = load_pixellm(tmp_path / "lora")
     assert has_lora(loaded) and loaded.config.lora["r"] == 8
+    direct = PixelLMForCausalLM.from_pretrained(tmp_path / "lora").eval()  # config.lora rebuilds adapters
     with torch.no_grad():
         assert torch.equal(loaded(**x).logits, before)
+        assert torch.equal(direct(**x).logits, before)
     merge_checkpoint(tmp_path / "lora", tmp_path / "merged")
     merged = load_pixellm(tmp_path / "merged")
     assert not has_lora(merged)

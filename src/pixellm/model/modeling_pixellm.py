@@ -29,6 +29,7 @@ from pixellm.losses import dice_per_mask, refinement_bce_per_mask
 from pixellm.model.codebook import MaskFusion, TokenFusion, build_text_hidden_fcs
 from pixellm.model.configuration_pixellm import PixelLMConfig
 from pixellm.model.detail import PixelDetailPath
+from pixellm.model.lora import inject_lora
 from pixellm.model.mask_decoder import MultiScaleMaskDecoder
 from pixellm.model.projector import build_neck, build_projector
 from pixellm.model.prompt_encoder import PromptEncoder
@@ -108,6 +109,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
 
         self.vision_tower = CLIPVisionModel(vision_config)
         self.language_model = AutoModelForCausalLM.from_config(text_config)
+        if config.lora:  # an unmerged LoRA checkpoint: rebuild its adapters before loading
+            inject_lora(self.language_model, config.lora)
         self.mm_projector = build_projector(vision_dim, hidden, config.projector_hidden_act)
         self.out_mm_projector = build_projector(vision_dim, hidden, config.projector_hidden_act)
         self.image_feature_neck = build_neck(hidden, dim)
