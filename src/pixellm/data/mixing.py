@@ -7,7 +7,7 @@ pass). The sequence of an epoch is a pure function of ``(seed, epoch, sizes, rat
 makes ``state_dict()`` / ``load_state_dict()`` resume the exact sequence. Indices point into
 ``torch.utils.data.ConcatDataset(datasets)`` in the given order. With ``world_size > 1`` every
 rank takes every ``world_size``-th draw of the same global sequence (padded to a multiple of
-``world_size``), like ``DistributedSampler``.
+``world_size`` by repeating its first draws), like ``DistributedSampler``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class MixedSampler(Sampler[int]):
     def global_plan(self, epoch: int) -> np.ndarray:
         """All ranks' draws of one epoch: global indices, length padded to a multiple of world size."""
         rng = np.random.default_rng([self.seed, int(epoch)])
-        total = -(-self.num_samples // self.world_size) * self.world_size
+        total = self.num_samples
         p = np.asarray(self.rates) / sum(self.rates)
         choice = rng.choice(len(self.sizes), size=total, p=p)
         out = np.empty(total, dtype=np.int64)
@@ -100,7 +100,9 @@ class MixedSampler(Sampler[int]):
             passes = -(-len(where) // n)
             order = np.concatenate([rng.permutation(n) for _ in range(passes)])
             out[where] = order[: len(where)] + self.offsets[s]
-        return out
+        # Pad by wrapping around (as DistributedSampler does): the unpadded plan is a prefix.
+        padded = -(-total // self.world_size) * self.world_size
+        return np.concatenate([out, out[: padded - total]])
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
