@@ -285,3 +285,14 @@ def test_tiny_model_and_processor_round_trip_in_one_folder(tmp_path):
         a, b = model(**batch), loaded(**batch)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.pred_masks[0], b.pred_masks[0])
     assert a.pred_masks[0].shape == (2, 40, 64) and torch.isfinite(a.loss)
+
+
+def test_training_mode_without_full_logits_gives_the_same_losses():
+    cfg = small_config()
+    model = build(cfg)
+    batch = make_batch(cfg, targets=(2, 1))
+    full = run(model, batch)
+    lean = run(model, batch, return_logits=False)
+    assert lean.logits is None
+    torch.testing.assert_close(lean.ce_loss, full.ce_loss)
+    torch.testing.assert_close(lean.loss, full.loss)

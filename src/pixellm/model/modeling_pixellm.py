@@ -15,6 +15,7 @@ Flow of one forward pass (SPEC section 2):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -108,7 +109,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         hidden, vision_dim, dim = text_config.hidden_size, vision_config.hidden_size, config.decoder_dim
 
         self.vision_tower = CLIPVisionModel(vision_config)
-        self.language_model = AutoModelForCausalLM.from_config(text_config)
+        llm_kwargs = {"attn_implementation": config.llm_attn_implementation} if config.llm_attn_implementation else {}
+        self.language_model = AutoModelForCausalLM.from_config(text_config, **llm_kwargs)
         if config.lora:  # an unmerged LoRA checkpoint: rebuild its adapters before loading
             inject_lora(self.language_model, config.lora)
         self.mm_projector = build_projector(vision_dim, hidden, config.projector_hidden_act)
@@ -268,14 +270,21 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         grid = features.decoder.shape[-1]
         pe = self.prompt_encoder.get_dense_pe(grid, grid)
         dense = self.prompt_encoder.dense_embedding(grid, grid)
+        # CPU bf16 autocast slows the decoder's many small attentions (measured 1.7x), so the
+        # decoder runs in fp32 on CPU; on accelerators autocast stays as the caller set it.
+        on_cpu = features.decoder.device.type == "cpu"
         if seg_embeddings.shape[0]:
-            scale_masks = self.mask_decoder(
-                features.decoder[image_index], seg_embeddings.to(features.decoder.dtype), pe, dense
-            )
-            low = self.mask_fusion(scale_masks)  # K x 4G x 4G
-            full = F.interpolate(low[:, None].float(), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
-            if self.detail is not None:
-                full = full + self.detail(features.detail[image_index], seg_embeddings[:, -1]).float()
+            with torch.autocast("cpu", enabled=False) if on_cpu else contextlib.nullcontext():
+                dec_features = features.decoder[image_index]
+                seg = seg_embeddings
+                if on_cpu:
+                    dec_features, seg = dec_features.float(), seg.float()
+                scale_masks = self.mask_decoder(dec_features, seg.to(dec_features.dtype), pe, dense)
+                low = self.mask_fusion(scale_masks)  # K x 4G x 4G
+                full = F.interpolate(low[:, None].float(), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+                if self.detail is not None:
+                    detail = features.detail[image_index]
+                    full = full + self.detail(detail.float() if on_cpu else detail, seg[:, -1]).float()
         for i in range(b):
             h, w = (int(v) for v in features.resized_sizes[i])
             oh, ow = (int(v) for v in features.original_sizes[i])
@@ -300,11 +309,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         original_sizes: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         gt_masks: list[torch.Tensor] | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> PixelLMOutput:
         """Teacher-forced pass: text loss, mask losses and predicted masks (batch contract in
         ``docs/architecture.md``). ``gt_masks[b]`` must have one mask per codebook group of
-        sample b, in order of appearance."""
+        sample b, in order of appearance. ``return_logits=False`` (training) applies the LM head
+        only where labels are supervised: the full ``B x T x V`` logits are the largest tensor
+        of a step and are not needed for the loss."""
         cfg = self.config
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be B x T, got {tuple(input_ids.shape)}")
@@ -322,7 +334,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             position_ids=self.position_ids_from_mask(attention_mask),
             use_cache=False,
         ).last_hidden_state
-        logits = self.get_output_embeddings()(hidden)
+        lm_head = self.get_output_embeddings()
+        logits = lm_head(hidden) if return_logits or labels is None else None
 
         groups, _ = self.find_codebook_groups(input_ids)
         if gt_masks is not None:
@@ -348,11 +361,16 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
 
         out = PixelLMOutput(logits=logits, pred_masks=pred_masks, seg_embeddings=seg, num_targets=num_targets)
         if labels is not None:
-            shift_logits = logits[:, :-1].float()
-            shift_labels = labels[:, 1:].to(logits.device)
-            out.ce_loss = F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
-            ) if bool((shift_labels != -100).any()) else shift_logits.sum() * 0.0
+            shift_labels = labels[:, 1:].to(hidden.device)
+            supervised = shift_labels != -100
+            if logits is not None:
+                shift_logits = logits[:, :-1][supervised]
+            else:
+                shift_logits = lm_head(hidden[:, :-1][supervised])
+            out.ce_loss = (
+                F.cross_entropy(shift_logits.float(), shift_labels[supervised])
+                if shift_logits.shape[0] else hidden.sum() * 0.0
+            )
             out.loss = cfg.ce_loss_weight * out.ce_loss
         if gt_masks is not None:
             ref, dice = self.mask_loss_terms(pred_masks, gt_masks)

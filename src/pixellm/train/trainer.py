@@ -329,7 +329,7 @@ class Trainer:
                 sync = micro == self.accum - 1
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(self.model)
                 with ctx:
-                    out = self.model(**batch)
+                    out = self.model(**batch, return_logits=False)
                     acc.backward(out.loss / self.accum)
                 for k in LOSS_PARTS:
                     v = getattr(out, k)
