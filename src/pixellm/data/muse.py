@@ -140,18 +140,23 @@ def resolve_image_path(record: dict[str, Any], image_root: str | os.PathLike | N
     return str(path)
 
 
-def read_json_list(path: str | os.PathLike) -> list[Any]:
-    """Read a JSON file that must hold a list; ``DataError`` naming the file otherwise."""
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; ``DataError`` naming the file (and the line) when it is not valid."""
     path = str(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as err:
         raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path=path) from err
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason})", path=path) from err
+
+
+def read_json_list(path: str | os.PathLike) -> list[Any]:
+    """Read a JSON file that must hold a list; ``DataError`` naming the file otherwise."""
+    data = read_json(path)
     if not isinstance(data, list):
-        raise DataError("expected a JSON list of image records", path=path)
+        raise DataError("expected a JSON list of image records", path=str(path))
     return data
 
 

@@ -13,7 +13,6 @@ cut into groups of 1-3 distinct targets; each group becomes the question
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pixellm.data.muse import read_json
 from pixellm.data.prompts import multi_refer_answer, multi_refer_question
 from pixellm.data.unpickle import load_plain_pickle
 from pixellm.errors import ConfigError, DataError
@@ -43,11 +43,7 @@ def refer_paths(root: str | os.PathLike, dataset: str, split_by: str) -> tuple[P
 def load_instances(path: str | os.PathLike) -> tuple[dict[int, dict], dict[int, dict], dict[int, str]]:
     """COCO ``instances.json`` -> ``(images by id, annotations by id, category names by id)``."""
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path=path) from err
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DataError("expected a COCO object with 'images', 'annotations', 'categories'", path=path)
     out: list[dict[int, dict]] = []

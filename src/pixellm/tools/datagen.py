@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pixellm.data.muse import SEG_PLACEHOLDER, load_muse, resolve_image_path, target_description
+from pixellm.data.muse import SEG_PLACEHOLDER, load_muse, read_json, resolve_image_path, target_description
 from pixellm.errors import ConfigError, DataError, PixelLMError
 
 Message = dict[str, Any]
@@ -278,11 +278,7 @@ def load_image_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     COCO: crowd annotations are skipped; ``category_name`` comes from ``categories``.
     """
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path=path) from err
+    data = read_json(path)
     if isinstance(data, dict) and "images" in data and "annotations" in data:
         records = coco_to_records(data, path)
     elif isinstance(data, list):
