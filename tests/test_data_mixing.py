@@ -1,4 +1,4 @@
-"""MixedSampler: rates, passes, resume, epochs, ranks, DataLoader."""
+"""MixedSampler: rates, passes, determinism, resume, epochs, rank split in micro-batch blocks, DataLoader."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def test_epochs_seeds_and_ranks():
     s = MixedSampler(SIZES, RELEASED_RATES, 101, seed=0)
     e0 = list(s)
     assert list(s) == e0  # same epoch, same sequence
+    assert list(MixedSampler(SIZES, RELEASED_RATES, 101, seed=0)) == e0  # a pure function of its arguments
     s.set_epoch(1)
     assert list(s) != e0
     assert list(MixedSampler(SIZES, RELEASED_RATES, 101, seed=9)) != e0
@@ -69,20 +70,47 @@ def test_epochs_seeds_and_ranks():
     assert interleaved[:101] == e0
 
 
+def test_ranks_take_micro_batch_blocks_and_resume_by_micro_step():
+    kw = {"seed": 2, "world_size": 2, "batch_size": 3}
+    plan = MixedSampler(SIZES, RELEASED_RATES, 60, **kw).global_plan(0)
+    r0, r1 = (list(MixedSampler(SIZES, RELEASED_RATES, 60, rank=r, **kw)) for r in (0, 1))
+    assert len(r0) == len(r1) == 30
+    # Micro-step i: rank 0 takes plan[6i : 6i+3], rank 1 plan[6i+3 : 6i+6].
+    for i in range(10):
+        assert r0[3 * i : 3 * i + 3] == plan[6 * i : 6 * i + 3].tolist()
+        assert r1[3 * i : 3 * i + 3] == plan[6 * i + 3 : 6 * i + 6].tolist()
+    resumed = MixedSampler(SIZES, RELEASED_RATES, 60, rank=1, **kw)
+    resumed.set_epoch(0, start=4 * 3)  # after micro-step 4
+    assert list(resumed) == r1[12:]
+    # Not a multiple of B x W: padded by wrapping, the unpadded plan is a prefix.
+    odd = MixedSampler(SIZES, RELEASED_RATES, 61, **kw).global_plan(0)
+    assert len(odd) == 66 and odd[:61].tolist() == MixedSampler(SIZES, RELEASED_RATES, 61, seed=2).global_plan(0).tolist()
+    assert odd[61:].tolist() == odd[:5].tolist()
+
+
 def test_works_with_a_dataloader():
     sets = {name: TensorDataset(torch.arange(n) + 1000 * k) for k, (name, n) in enumerate(SIZES.items())}
-    sampler = MixedSampler.from_datasets(sets, RELEASED_RATES, num_samples=64, seed=5)
-    loader = DataLoader(ConcatDataset(list(sets.values())), sampler=sampler, batch_size=8)
-    values = torch.cat([b[0] for b in loader]).tolist()
     concat = [v for d in sets.values() for v in d.tensors[0].tolist()]
-    assert values == [concat[i] for i in MixedSampler(SIZES, RELEASED_RATES, 64, seed=5)]
+    sizes = {n: len(d) for n, d in sets.items()}
+    for rank in (0, 1):
+        sampler = MixedSampler(sizes, RELEASED_RATES, 64, seed=5, rank=rank, world_size=2, batch_size=8)
+        loader = DataLoader(ConcatDataset(list(sets.values())), sampler=sampler, batch_size=8)
+        batches = [b[0].tolist() for b in loader]
+        plan = sampler.global_plan(0)
+        assert batches == [[concat[i] for i in plan[16 * k + 8 * rank : 16 * k + 8 * rank + 8]] for k in range(4)]
 
 
 def test_bad_configuration():
     with pytest.raises(ConfigError, match=r"empty but have a positive sampling rate"):
         MixedSampler({"a": 0, "b": 3}, {"a": 1, "b": 1}, 10)
+    with pytest.raises(ConfigError, match=r"\['1'\] are empty"):
+        MixedSampler([10, 0], [1, 1], 5)
     assert len(MixedSampler({"a": 0, "b": 3}, {"a": 0, "b": 1}, 10)) == 10  # rate 0: unused
     with pytest.raises(ConfigError, match=r"no sampling rate for data set\(s\) \['b'\]"):
         MixedSampler({"a": 2, "b": 3}, {"a": 1}, 10)
     with pytest.raises(ConfigError, match="rank"):
         MixedSampler([2], [1], 10, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="batch_size"):
+        MixedSampler([2], [1], 10, batch_size=0)
+    with pytest.raises(ConfigError, match="start"):
+        MixedSampler([2], [1], 10).set_epoch(0, start=11)

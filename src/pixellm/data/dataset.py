@@ -1,29 +1,28 @@
-"""``SegmentationDataset``: ``Sample``s -> processor encodings; bad samples become ``None``.
+"""``SegmentationDataset``: ``Sample``s of one or more sources -> processor encodings.
 
-A long training run must not die on one broken record, so every failure of one sample
-(missing / unreadable image, image size different from the record, invalid polygon or RLE,
-``{seg}`` count different from the number of masks, an encoder error) is caught, counted per
-reason and returned as ``None`` (``pixellm.data.collate.collate`` skips ``None``). The counters
-live in shared memory, so counts from DataLoader worker processes reach ``skipped_report()``.
+A long training run must not die on one broken record, and a batch must keep its size, so a bad
+sample (no / missing / unreadable image, image size different from the record, invalid polygon
+or RLE, ``{seg}`` count different from the number of masks, an encoder error) is replaced by the
+next good sample of the same source. Every replaced sample travels with the item as a
+:class:`Skip` (reason, location, detail); because the report is part of the item, it reaches the
+main process from DataLoader workers and is counted only for batches that were really used
+(``skip_counts`` / ``skipped_report`` make the end-of-training report).
 """
 
 from __future__ import annotations
 
-import logging
-import multiprocessing as mp
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from pixellm.data.sample import Sample
-from pixellm.errors import PixelLMError
-
-logger = logging.getLogger(__name__)
+from pixellm.errors import ConfigError, DataError, PixelLMError
 
 SKIP_REASONS: tuple[str, ...] = (
     "malformed_record",  # counted while reading the file (muse_samples / vqa_samples)
@@ -35,9 +34,24 @@ SKIP_REASONS: tuple[str, ...] = (
     "seg_count",
     "encode_error",
 )
+MAX_RETRIES = 16  # consecutive bad samples before the source is declared broken
 
 # encode(image, question, answer, masks) -> dict; e.g. PixelLMProcessor.encode_example.
 EncodeFn = Callable[[Any, str, str, np.ndarray], dict]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A sample that could not be used: why (one of ``SKIP_REASONS``), where it came from
+    (``Sample.where()``) and the first line of the error."""
+
+    reason: str
+    where: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {self.reason!r} (known: {', '.join(SKIP_REASONS)})")
 
 
 class _Skip(Exception):
@@ -46,33 +60,65 @@ class _Skip(Exception):
         self.reason = reason
 
 
+def skip_counts(counts: Mapping[str, int] | None = None, skips: Iterable[Skip] = ()) -> Counter:
+    """Skipped samples per reason: ``counts`` (e.g. from reading the files) plus ``skips``.
+
+    Raises ``ValueError`` for a reason not in ``SKIP_REASONS``.
+    """
+    total: Counter = Counter()
+    for reason, n in (counts or {}).items():
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r} (known: {', '.join(SKIP_REASONS)})")
+        total[reason] += int(n)
+    total.update(s.reason for s in skips)
+    return total
+
+
+def skipped_report(counts: Mapping[str, int]) -> str:
+    """One line: ``skipped 3 samples: missing_image 2, seg_count 1`` (or ``skipped 0 samples``).
+
+    Reasons in ``SKIP_REASONS`` order; unknown keys (e.g. from an older checkpoint) at the end.
+    """
+    order = [r for r in SKIP_REASONS if counts.get(r)] + sorted(k for k in counts if k not in SKIP_REASONS)
+    total = sum(int(v) for v in counts.values())
+    detail = ", ".join(f"{r} {int(counts[r])}" for r in order if counts[r])
+    return f"skipped {total} samples" + (f": {detail}" if detail else "")
+
+
 class SegmentationDataset(Dataset):
-    """Torch dataset over ``Sample``s; item ``i`` = ``encode(image, question, answer, masks)``.
+    """Samples of several sources, concatenated; item ``i`` encodes sample ``i`` (or a replacement).
+
+    Item: ``encode(image, question, answer, masks)`` plus ``skips``: the :class:`Skip` of every
+    bad sample replaced by the following ones (within the same source, wrapping around).
+    ``MAX_RETRIES`` consecutive bad samples raise ``DataError`` instead of looping.
 
     Args:
-        samples: the samples (any source).
+        sources: the samples of each source (any reader).
         encode: called as ``encode(image, question, answer, masks)`` with a PIL RGB image and
             bool masks ``[K, H, W]``; pass ``processor.encode_example``.
-        skipped: counts already skipped while reading (e.g. from ``muse_samples``), added to
-            the report.
-        name: label used in log messages.
+        names: one label per source (error messages); default ``source0``, ``source1`` ...
+        read_skips: counts per reason already skipped while reading (``muse_samples`` /
+            ``vqa_samples``), kept in ``self.read_skips`` for the report.
     """
 
     def __init__(
         self,
-        samples: Sequence[Sample],
+        sources: Sequence[Sequence[Sample]],
         encode: EncodeFn,
-        skipped: Mapping[str, int] | None = None,
-        name: str = "",
+        names: Sequence[str] = (),
+        read_skips: Mapping[str, int] | None = None,
     ):
-        self.samples = list(samples)
+        self.sources = [list(s) for s in sources]
+        self.names = list(names) or [f"source{i}" for i in range(len(self.sources))]
+        if len(self.names) != len(self.sources):
+            raise ConfigError(f"{len(self.names)} names for {len(self.sources)} sources")
         self.encode = encode
-        self.name = name
-        # Shared (not per-process) counters: workers inherit them when the loader starts.
-        self._counts = mp.Array("q", len(SKIP_REASONS))
-        self._warned: set[str] = set()
-        for reason, n in (skipped or {}).items():
-            self._add(reason, n)
+        self.read_skips = skip_counts(read_skips)
+        empty = [n for n, s in zip(self.names, self.sources) if not s]
+        if empty or not self.sources:
+            raise ConfigError(f"training data set(s) {empty} have no usable samples")
+        self.sizes = [len(s) for s in self.sources]
+        self.offsets = np.cumsum([0, *self.sizes])
 
     @classmethod
     def from_muse(
@@ -82,29 +128,48 @@ class SegmentationDataset(Dataset):
         image_root: str | os.PathLike | None = None,
         rng: random.Random | None = None,
     ) -> SegmentationDataset:
-        """Dataset over a MUSE-format file (see ``muse.muse_samples``)."""
+        """Dataset over one MUSE-format file (see ``muse.muse_samples``)."""
         from pixellm.data.muse import muse_samples
 
         samples, skipped = muse_samples(path, image_root, rng=rng)
-        return cls(samples, encode, skipped, name=str(path))
+        return cls([samples], encode, [str(path)], skipped)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return int(self.offsets[-1])
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        sample = self.samples[index]
-        try:
-            image, masks = self.load(sample)
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(source, index within the source)`` of a global index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        src = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return src, index - int(self.offsets[src])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        src, local = self.locate(int(index))
+        samples = self.sources[src]
+        skips: list[Skip] = []
+        for attempt in range(MAX_RETRIES):
+            sample = samples[(local + attempt) % len(samples)]
             try:
-                return self.encode(image, sample.question, sample.answer, masks)
-            except (PixelLMError, ValueError) as err:
-                raise _Skip("encode_error", str(err)) from err
-        except _Skip as skip:
-            self._add(skip.reason, 1)
-            if skip.reason not in self._warned:  # first of each reason per process, then counted
-                self._warned.add(skip.reason)
-                logger.warning("skipping %s (%s): %s", sample.where(), skip.reason, skip)
-            return None
+                example = self.encode_sample(sample)
+            except _Skip as skip:
+                detail = str(skip).splitlines()[0] if str(skip) else ""
+                skips.append(Skip(skip.reason, sample.where(), detail[:200]))
+                continue
+            example["skips"] = skips
+            return example
+        raise DataError(
+            f"{MAX_RETRIES} consecutive bad samples in {self.names[src]} "
+            f"(last: {skips[-1].where}: {skips[-1].reason})"
+        )
+
+    def encode_sample(self, sample: Sample) -> dict[str, Any]:
+        """The encoding of one sample; raises ``_Skip`` when it is bad."""
+        image, masks = self.load(sample)
+        try:
+            return self.encode(image, sample.question, sample.answer, masks)
+        except (PixelLMError, ValueError) as err:
+            raise _Skip("encode_error", str(err)) from err
 
     @staticmethod
     def load(sample: Sample) -> tuple[Any, np.ndarray]:
@@ -115,7 +180,7 @@ class SegmentationDataset(Dataset):
             raise _Skip("no_image", "record names no image")
         try:
             with Image.open(sample.image_path) as im:
-                image = im.convert("RGB")
+                image = im.convert("RGB")  # decodes now, so a truncated file fails here
         except FileNotFoundError as err:
             raise _Skip("missing_image", f"{sample.image_path}: no such file") from err
         except Exception as err:  # PIL raises several types for corrupt files
@@ -124,7 +189,7 @@ class SegmentationDataset(Dataset):
             masks = sample.load_masks()
         except FileNotFoundError as err:
             raise _Skip("missing_image", str(err)) from err
-        except (PixelLMError, ValueError, KeyError, TypeError) as err:
+        except (PixelLMError, ValueError, KeyError, TypeError, OSError) as err:
             raise _Skip("bad_masks", str(err)) from err
         if masks.shape[1:] != (image.height, image.width):
             raise _Skip(
@@ -133,20 +198,3 @@ class SegmentationDataset(Dataset):
         if sample.num_seg != masks.shape[0]:
             raise _Skip("seg_count", f"answer has {sample.num_seg} {{seg}} but {masks.shape[0]} targets")
         return image, masks
-
-    def _add(self, reason: str, n: int) -> None:
-        with self._counts.get_lock():
-            self._counts[SKIP_REASONS.index(reason)] += int(n)
-
-    def skipped_counts(self) -> dict[str, int]:
-        """Skipped samples per reason (only reasons that occurred), across worker processes."""
-        with self._counts.get_lock():
-            values = list(self._counts)
-        return {r: int(v) for r, v in zip(SKIP_REASONS, values) if v}
-
-    def skipped_report(self) -> str:
-        """One line: ``skipped 3 samples: missing_image 2, seg_count 1`` (or ``skipped 0 samples``)."""
-        counts = Counter(self.skipped_counts())
-        total = sum(counts.values())
-        detail = ", ".join(f"{r} {n}" for r, n in counts.items())
-        return f"skipped {total} samples" + (f": {detail}" if detail else "")

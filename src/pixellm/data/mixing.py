@@ -1,13 +1,17 @@
 """``MixedSampler``: draw training samples from several data sets by sampling rates.
 
-Each draw picks a data set with probability proportional to its rate (released mix:
-sem_seg 2, refer_seg 9, vqa 2, multi_reason_seg 4), then the next index of that data set's
-seeded permutation (a fresh permutation each pass, so every sample of a set is seen once per
-pass). The sequence of an epoch is a pure function of ``(seed, epoch, sizes, rates)``, which
-makes ``state_dict()`` / ``load_state_dict()`` resume the exact sequence. Indices point into
-``torch.utils.data.ConcatDataset(datasets)`` in the given order. With ``world_size > 1`` every
-rank takes every ``world_size``-th draw of the same global sequence (padded to a multiple of
-``world_size`` by repeating its first draws), like ``DistributedSampler``.
+The global plan of an epoch is fixed before training starts and is a pure function of
+``(seed, epoch, sizes, rates, num_samples)``: each draw picks a data set with probability
+proportional to its rate (released mix: sem_seg 2, refer_seg 9, vqa 2, multi_reason_seg 4), then
+the next index of that data set's seeded permutation (a fresh permutation each pass, so every
+sample of a set is seen once per pass). Resuming therefore needs only a position (the trainer's
+micro-step counter), and DataLoader workers can prefetch freely. Indices point into the
+concatenated data sets in the given order (``SegmentationDataset``, ``ConcatDataset``).
+
+Rank split: global micro-step ``i`` uses plan entries ``[i*B*W, (i+1)*B*W)``; rank ``r`` takes
+``[i*B*W + r*B, i*B*W + (r+1)*B)`` (``B`` = per-process batch, ``W`` = processes). The plan is
+padded to a multiple of ``B*W`` by repeating its first draws (as ``DistributedSampler`` does).
+Use it as ``DataLoader(dataset, sampler=s, batch_size=B)``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from torch.utils.data import Sampler
 from pixellm.errors import ConfigError
 
 RELEASED_RATES: dict[str, float] = {"sem_seg": 2.0, "refer_seg": 9.0, "vqa": 2.0, "multi_reason_seg": 4.0}
+# Mixed into the plan's seed; epoch 0 keeps the plans (and so the results) of earlier runs.
+_PLAN_SALT = 7919
 
 
 def _align(sizes: Sequence[int] | Mapping[str, int], rates: Sequence[float] | Mapping[str, float]):
@@ -54,9 +60,10 @@ class MixedSampler(Sampler[int]):
     Args:
         sizes: length of each data set (sequence, or mapping name -> length).
         rates: sampling rate of each data set (same order, or mapping by name).
-        num_samples: draws per epoch over all ranks (e.g. ``steps * global batch``).
+        num_samples: draws per epoch over all ranks (e.g. ``steps * accumulation * B * W``).
+        batch_size: per-process micro-batch ``B``: ranks take blocks of ``B`` draws.
         seed: base seed; the epoch (``set_epoch``) is mixed in.
-        rank, world_size: this process's share of the global sequence.
+        rank, world_size: this process's share of the global plan.
     """
 
     def __init__(
@@ -67,30 +74,28 @@ class MixedSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        batch_size: int = 1,
     ):
         self.names, self.sizes, self.rates = _align(sizes, rates)
         if num_samples <= 0:
             raise ConfigError(f"num_samples must be positive, got {num_samples}")
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ConfigError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-        self.num_samples, self.seed, self.rank, self.world_size = int(num_samples), int(seed), rank, world_size
+        self.num_samples, self.seed = int(num_samples), int(seed)
+        self.rank, self.world_size, self.batch_size = int(rank), int(world_size), int(batch_size)
         self.offsets = np.cumsum([0, *self.sizes])[:-1]
         self.epoch = 0
-        self._start = 0  # first position of the next iteration (set by load_state_dict)
+        self._start = 0  # first position of the next iteration (set_epoch / load_state_dict)
         self._position = 0  # draws handed out so far in this epoch (this rank)
 
-    @classmethod
-    def from_datasets(
-        cls, datasets: Mapping[str, Any], rates: Mapping[str, float], num_samples: int, **kwargs: Any
-    ) -> MixedSampler:
-        """Sampler for ``ConcatDataset(list(datasets.values()))``, rates matched by name."""
-        return cls({n: len(d) for n, d in datasets.items()}, rates, num_samples, **kwargs)
-
     def global_plan(self, epoch: int) -> np.ndarray:
-        """All ranks' draws of one epoch: global indices, length padded to a multiple of world size."""
-        rng = np.random.default_rng([self.seed, int(epoch)])
+        """All ranks' draws of one epoch: global indices, length padded to a multiple of ``B*W``."""
+        rng = np.random.default_rng([self.seed, _PLAN_SALT + int(epoch)])
         total = self.num_samples
-        p = np.asarray(self.rates) / sum(self.rates)
+        p = np.asarray(self.rates, dtype=float)
+        p = p / p.sum()
         choice = rng.choice(len(self.sizes), size=total, p=p)
         out = np.empty(total, dtype=np.int64)
         for s, n in enumerate(self.sizes):
@@ -101,22 +106,34 @@ class MixedSampler(Sampler[int]):
             order = np.concatenate([rng.permutation(n) for _ in range(passes)])
             out[where] = order[: len(where)] + self.offsets[s]
         # Pad by wrapping around (as DistributedSampler does): the unpadded plan is a prefix.
-        padded = -(-total // self.world_size) * self.world_size
-        return np.concatenate([out, out[: padded - total]])
+        step = self.batch_size * self.world_size
+        padded = -(-total // step) * step
+        return np.concatenate([out, np.resize(out, padded - total)])
+
+    def rank_plan(self, epoch: int) -> np.ndarray:
+        """This rank's draws of one epoch: its block of ``B`` from every global micro-step."""
+        b, w = self.batch_size, self.world_size
+        steps = self.global_plan(epoch).reshape(-1, w, b)
+        return steps[:, self.rank].reshape(-1)
 
     def __len__(self) -> int:
-        return -(-self.num_samples // self.world_size)
+        """Draws of this rank in a whole epoch (a resumed first iteration yields fewer)."""
+        step = self.batch_size * self.world_size
+        return -(-self.num_samples // step) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        plan = self.global_plan(self.epoch)[self.rank :: self.world_size]
+        plan = self.rank_plan(self.epoch)
         start, self._start = self._start, 0
         for k in range(start, len(plan)):
             self._position = k + 1
             yield int(plan[k])
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (a different sequence per epoch) from its beginning."""
-        self.epoch, self._start, self._position = int(epoch), 0, 0
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Start epoch ``epoch`` (a different plan per epoch) at this rank's draw ``start``
+        (micro-step ``start // B``); only the next iteration starts there."""
+        if not 0 <= start <= len(self):
+            raise ConfigError(f"sampler start {start} outside 0..{len(self)}")
+        self.epoch, self._start, self._position = int(epoch), int(start), int(start)
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
         """Where this rank is. ``consumed``: samples this rank actually trained on this epoch.
@@ -130,16 +147,14 @@ class MixedSampler(Sampler[int]):
             "seed": self.seed,
             "num_samples": self.num_samples,
             "world_size": self.world_size,
+            "batch_size": self.batch_size,
             "sizes": list(self.sizes),
             "rates": list(self.rates),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state``: the next iteration starts right after its position."""
-        for key in ("seed", "num_samples", "world_size", "sizes", "rates"):
+        for key in ("seed", "num_samples", "world_size", "batch_size", "sizes", "rates"):
             if key in state and list(np.atleast_1d(state[key])) != list(np.atleast_1d(getattr(self, key))):
                 raise ConfigError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}")
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ConfigError(f"sampler state position {position} outside 0..{len(self)}")
-        self.epoch, self._start, self._position = int(state["epoch"]), position, position
+        self.set_epoch(int(state["epoch"]), int(state["position"]))

@@ -6,7 +6,7 @@ bf16 autocast where supported (CUDA with bf16, and CPU where it is ~1.4x faster 
 model). DDP runs with ``find_unused_parameters=True``: with the released "first" mask readout some
 decoder parameters get no gradient.
 
-Exact resume: the data order is a fixed plan (``train/data.py``), checkpoints hold the trainable
+Exact resume: the data order is a fixed plan (``data/mixing.py``), checkpoints hold the trainable
 weights, optimizer, scheduler, step counter and every process's RNG states, and the RNG states are
 restored *after* the data iterator is created (creating it draws from the RNG), so a run that is
 killed and resumed ends with the same weights as an uninterrupted one.
@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 
+from pixellm.data.dataset import SegmentationDataset, skip_counts, skipped_report
+from pixellm.data.mixing import MixedSampler
 from pixellm.errors import ConfigError
 from pixellm.train import checkpoint as ckpt
 from pixellm.train.config import TrainConfig
-from pixellm.train.data import build_training_data, collate_train, rank_batches, sampling_plan, to_device
+from pixellm.train.data import build_training_data, collate_train, to_device
 from pixellm.train.schedule import warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
@@ -94,13 +96,12 @@ def _validation_batches(cfg: TrainConfig, processor, pad_id: int) -> list[dict[s
     if not cfg.val_data:
         return None
     from pixellm.data.muse import muse_samples
-    from pixellm.train.data import EncodedDataset
 
     samples, _ = muse_samples(cfg.val_data, rng=None, source="val")
     samples = samples[: cfg.val_samples]
     if not samples:
         raise ConfigError(f"val_data {cfg.val_data}: no questions")
-    ds = EncodedDataset([samples], processor, ["val"])
+    ds = SegmentationDataset([samples], processor.encode_example, ["val"])
     bs = max(1, cfg.batch_size * 2)
     batches = []
     for i in range(0, len(ds), bs):
@@ -158,12 +159,12 @@ class Trainer:
         set_seed(cfg.seed)
         self.model, self.processor = build_model(cfg)
         self.pad_id = self.processor.pad_token_id
-        self.dataset, rates, read_skips = build_training_data(cfg.data, self.processor, cfg.seed)
+        self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed)
         # Records skipped while reading the files are counted once, by the main process.
-        self._prior_skips: Counter = Counter(read_skips) if acc.is_main_process else Counter()
+        self._prior_skips: Counter = Counter(self.dataset.read_skips) if acc.is_main_process else Counter()
         self._own_skips: Counter = Counter()
-        sizes = [len(s) for s in self.dataset.sources]
-        self.plan = sampling_plan(sizes, rates, cfg.steps * self.accum * per_step, cfg.seed)
+        self.sampler = MixedSampler(self.dataset.sizes, rates, cfg.steps * self.accum * per_step, seed=cfg.seed,
+                                    rank=acc.process_index, world_size=world, batch_size=cfg.batch_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -178,9 +179,12 @@ class Trainer:
             acc.load_state(str(self.resumed_from / "accelerate"))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.val_batches = _validation_batches(cfg, self.processor, self.pad_id) if acc.is_main_process else None
+        # The plan is fixed, so resuming needs only the micro-step counter.
+        self.sampler.set_epoch(0, start=self.start_step * self.accum * cfg.batch_size)
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_sampler=rank_batches(self.plan, cfg.batch_size, world, acc.process_index, self.start_step * self.accum),
+            sampler=self.sampler,
+            batch_size=cfg.batch_size,
             collate_fn=partial(collate_train, pad_token_id=self.pad_id),
             num_workers=cfg.num_workers,
             persistent_workers=False,
@@ -320,10 +324,11 @@ class Trainer:
             step_samples = 0
             for micro in range(self.accum):
                 batch = next(self.batches)
-                for s in batch.pop("skips"):
-                    self._own_skips[s.reason.split(":")[0]] += 1
-                    if acc.is_main_process:
-                        logger.warning("skipped bad sample %s: %s", s.where, s.reason)
+                skips = batch.pop("skips")
+                self._own_skips.update(skip_counts(skips=skips))
+                if acc.is_main_process:
+                    for s in skips:
+                        logger.warning("replaced bad sample %s (%s): %s", s.where, s.reason, s.detail)
                 batch = to_device(batch, acc.device)
                 step_samples += batch["input_ids"].shape[0]
                 sync = micro == self.accum - 1
@@ -380,8 +385,7 @@ class Trainer:
         )
         if acc.is_main_process:
             if skipped:
-                total = sum(skipped.values())
-                print(f"skipped {total} bad sample(s): " + ", ".join(f"{k} x{v}" for k, v in skipped.most_common()))
+                print(skipped_report(skipped))
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt.write_json(self.out / "skipped.json", dict(skipped))
             if not stopped:
