@@ -1,9 +1,9 @@
 """Pad per-sample encodings (``PixelLMProcessor.encode_example``) into one batch.
 
 The output follows the batch contract of ``docs/architecture.md`` (the keyword arguments of
-``PixelLMForCausalLM.forward``) plus ``skipped``: the number of ``None`` examples (bad samples
-the dataset refused) so the trainer can count and report them. Pop ``skipped`` before calling
-the model.
+``PixelLMForCausalLM.forward``) plus ``skipped``: the number of ``None`` examples, for callers
+that drop bad samples instead of replacing them (the training dataset replaces them, see
+``pixellm.data.dataset``). Pop ``skipped`` before calling the model.
 """
 
 from __future__ import annotations
