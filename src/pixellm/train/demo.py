@@ -26,7 +26,7 @@ from pixellm.train.config import DataSource, LoraSettings, OptimSettings, TrainC
 # Demo sizes: training questions and held-out questions of the synthetic set.
 TRAIN_QUESTIONS = 8000
 VAL_QUESTIONS = 200
-DEMO_STEPS = 550
+DEMO_STEPS = 1000
 NUM_EXAMPLES = 8
 
 
