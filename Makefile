@@ -15,9 +15,11 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(PIP) install -c constraints.txt -e .
 
-# Everything the tests need: serve (gradio) and judge extras, pytest, ruff.
+# Everything the tests need: serve (gradio) and judge extras, pytest, ruff, and the npm
+# playwright-core driver of the web-demo browser test (it uses Debian's /usr/bin/chromium).
 install-dev: $(BIN)/python
 	$(PIP) install -c constraints.txt -e ".[dev]"
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 demo: install
 	$(BIN)/pixellm demo --out $(DEMO_OUT)
