@@ -85,6 +85,17 @@ def grid_valid_mask(resized_sizes: torch.Tensor, image_size: int, grid: int) -> 
     return valid[0] if single else valid
 
 
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A processor config file as a dict; ``ConfigError`` naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
 class PixelLMImageProcessor:
     """Resize-longest-side + normalise + pad, saved as ``preprocessor_config.json``.
 
@@ -177,13 +188,7 @@ class PixelLMImageProcessor:
         path = Path(directory) / IMAGE_PROCESSOR_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no image processor config")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_config_json(path), source=str(path))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()})"

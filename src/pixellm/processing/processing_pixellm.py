@@ -33,6 +33,7 @@ from pixellm.processing.image_processing import (
     ImageInput,
     PixelLMImageProcessor,
     grid_valid_mask,
+    read_config_json,
 )
 from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer
 
@@ -295,12 +296,7 @@ class PixelLMProcessor:
         cfg: dict[str, Any] = {}
         path = root / PROCESSOR_FILE
         if path.is_file():
-            try:
-                cfg = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}: invalid JSON ({err})") from err
-            if not isinstance(cfg, dict):
-                raise ConfigError(f"{path}: expected a JSON object")
+            cfg = read_config_json(path)
         else:
             logger.warning("%s: no %s, using the released processor settings", root, PROCESSOR_FILE)
         return cls(tokenizer, image_processor, **{k: cfg[k] for k in _CONFIG_KEYS if k in cfg})
