@@ -35,6 +35,7 @@ from pixellm.model.mask_decoder import MultiScaleMaskDecoder
 from pixellm.model.projector import build_neck, build_projector
 from pixellm.model.prompt_encoder import PromptEncoder
 from pixellm.model.vision import clip_multiscale_features, patch_validity
+from pixellm.processing.conversation import find_codebook_groups
 
 
 @dataclass
@@ -221,35 +222,12 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
     def find_codebook_groups(self, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
         """Per sample, the positions of every complete codebook group (``K_b x N*L``), and the
         number of incomplete groups (runs that do not spell ``[SEG0]..[SEG{n-1}]`` in order)."""
-        ids = self.codebook_token_ids
-        n = len(ids)
-        lookup = {tok: i for i, tok in enumerate(ids)}
+        n = len(self.codebook_token_ids)
         groups, incomplete = [], []
         for row in input_ids.tolist():
-            found, bad, pos = [], 0, 0
-            while pos < len(row):
-                if row[pos] not in lookup:
-                    pos += 1
-                    continue
-                # a maximal run of adjacent codebook tokens: take every complete group in it;
-                # each stretch of leftovers is one incomplete group
-                end = pos
-                while end < len(row) and row[end] in lookup:
-                    end += 1
-                leftover = False
-                while pos < end:
-                    if lookup[row[pos]] == 0 and pos + n <= end and all(
-                        lookup[row[pos + j]] == j for j in range(n)
-                    ):
-                        found.append(list(range(pos, pos + n)))
-                        pos += n
-                        leftover = False
-                    else:
-                        bad += 0 if leftover else 1
-                        leftover = True
-                        pos += 1
-            groups.append(torch.tensor(found, dtype=torch.long).reshape(-1, n))
-            incomplete.append(bad)
+            complete, fragments = find_codebook_groups(row, self.codebook_token_ids)
+            groups.append(torch.tensor([list(range(s, e)) for s, e in complete], dtype=torch.long).reshape(-1, n))
+            incomplete.append(len(fragments))
         return groups, incomplete
 
     def seg_embeddings(self, codebook_hidden: torch.Tensor) -> torch.Tensor:
