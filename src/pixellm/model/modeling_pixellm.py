@@ -34,8 +34,9 @@ from pixellm.model.lora import inject_lora
 from pixellm.model.mask_decoder import MultiScaleMaskDecoder
 from pixellm.model.projector import build_neck, build_projector
 from pixellm.model.prompt_encoder import PromptEncoder
-from pixellm.model.vision import clip_multiscale_features, patch_validity
+from pixellm.model.vision import clip_multiscale_features
 from pixellm.processing.conversation import find_codebook_groups
+from pixellm.processing.image_processing import grid_valid_mask
 
 
 @dataclass
@@ -174,7 +175,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         resized_sizes = full if resized_sizes is None else resized_sizes.to(pixel_values.device).long()
         original_sizes = resized_sizes if original_sizes is None else original_sizes.long()
         grid = cfg.vision_grid
-        valid = patch_validity(resized_sizes, s, grid)
+        valid = grid_valid_mask(resized_sizes, s, grid)  # the processor's rule for CLIP patches
         states = clip_multiscale_features(
             self.vision_tower, pixel_values, valid, cfg.vision_select_layers, cfg.pos_interpolation
         )

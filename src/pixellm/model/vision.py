@@ -34,19 +34,6 @@ def interpolate_position_embeddings(weight: torch.Tensor, grid: int, mode: str =
     return torch.cat([cls, patches], dim=0)
 
 
-def patch_validity(resized_sizes: torch.Tensor, image_size: int, grid: int) -> torch.Tensor:
-    """Bool ``[B, grid, grid]``: cell (r, c) holds real pixels iff ``r*s < h'`` and ``c*s < w'``.
-
-    ``s = image_size / grid`` is the cell side in input pixels; ``resized_sizes`` is ``[B, 2]``
-    (h', w') of each image after resizing, before padding.
-    """
-    step = image_size / grid
-    start = torch.arange(grid, device=resized_sizes.device, dtype=torch.float32) * step
-    rows = start[None, :] < resized_sizes[:, 0:1].float()  # B x grid
-    cols = start[None, :] < resized_sizes[:, 1:2].float()
-    return rows[:, :, None] & cols[:, None, :]
-
-
 def clip_multiscale_features(
     clip: nn.Module,
     pixel_values: torch.Tensor,

@@ -78,7 +78,7 @@ def grid_valid_mask(resized_sizes: torch.Tensor, image_size: int, grid: int) -> 
     sizes = torch.as_tensor(resized_sizes, dtype=torch.long)
     single = sizes.ndim == 1
     sizes = sizes.reshape(-1, 2)
-    starts = torch.arange(grid, dtype=torch.long) * image_size  # r*S, compared with h'*G
+    starts = torch.arange(grid, dtype=torch.long, device=sizes.device) * image_size  # r*S vs h'*G
     rows = starts[None, :] < (sizes[:, 0:1] * grid)  # [B, G]
     cols = starts[None, :] < (sizes[:, 1:2] * grid)  # [B, G]
     valid = rows[:, :, None] & cols[:, None, :]
