@@ -87,27 +87,6 @@ def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str]) -> dict
     return dict(out)
 
 
-def predict_split(predictor, records: list[dict[str, Any]], root: Path, batch_size: int = 32,
-                  teacher_forced: bool = False) -> list[dict[str, Any]]:
-    """PRED.jsonl dicts for every question of ``records`` (generated or teacher-forced)."""
-    from PIL import Image
-
-    from pixellm.data.muse import iter_questions
-
-    questions = list(iter_questions(records, image_root=root))
-    preds: list[dict[str, Any]] = []
-    for i in range(0, len(questions), batch_size):
-        chunk = questions[i : i + batch_size]
-        images = [Image.open(q.image_path).convert("RGB") for q in chunk]
-        texts = [q.question for q in chunk]
-        if teacher_forced:
-            results = predictor.teacher_forced(images, texts, [q.answer_text() for q in chunk])
-        else:
-            results = predictor.batch(images, texts)
-        preds += [r.to_json(q.image_index, q.question_index) for q, r in zip(chunk, results)]
-    return preds
-
-
 def write_examples(predictor, records: list[dict[str, Any]], root: Path, preds: list[dict[str, Any]],
                    folder: Path, count: int = NUM_EXAMPLES, scale: int = 4) -> list[str]:
     """Overlay pictures (upscaled ``scale`` x, nearest) of the first ``count`` generated answers."""
@@ -183,6 +162,7 @@ def run_demo(
     from pixellm.data.synth import write_synth
     from pixellm.eval.muse_protocol import evaluate_muse
     from pixellm.infer.predictor import Predictor
+    from pixellm.infer.split_inference import run_inference
     from pixellm.train.trainer import flush_denormals, train
 
     flush_denormals()  # before any torch op, so that every worker thread inherits it
@@ -199,11 +179,15 @@ def run_demo(
     predictor = Predictor(result.model, result.processor)
     records = load_muse(data / "val.json")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
-        generated = predict_split(predictor, records, data)
-        forced = predict_split(predictor, records, data, teacher_forced=True)
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for p in generated + forced:
-            f.write(json.dumps(p) + "\n")
+        # one PRED.jsonl for both: run_inference keys lines by (image, question, teacher_forced)
+        pred_path = out / "predictions.jsonl"
+        pred_path.unlink(missing_ok=True)  # a new model: never resume an earlier demo's answers
+        for forced_flag in (False, True):
+            run_inference(predictor, records, pred_path, image_root=data, batch_size=32,
+                          teacher_forced=forced_flag, progress=progress)
+    lines = [json.loads(line) for line in pred_path.read_text(encoding="utf-8").splitlines()]
+    generated = [p for p in lines if not p.get("teacher_forced")]
+    forced = [p for p in lines if p.get("teacher_forced")]
     metrics = evaluate_muse(records, generated + forced, judge="oracle", split="val", details=True)
     metrics["per_kind"] = per_kind(metrics, _question_kinds(records))
     last = result.history[-1] if result.history else {}
