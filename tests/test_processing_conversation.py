@@ -82,6 +82,23 @@ def test_tokens_and_label_mask_for_two_targets(tok_ids):
     assert find_codebook_groups(labels, cb)[0] == [(s, s + 6) for s in (ids.index(cb[0]), len(ids) - 8)]  # group, ".", "</s>"
 
 
+@pytest.mark.parametrize("answer", [
+    "There is no purple circle in the image.",  # no " There" token: the space is a token of its own
+    "Every shape is a circle.",
+    "The red square {seg}.",
+])
+def test_every_token_after_the_generation_prompt_is_supervised(tok_ids, answer):
+    """The masked prefix is exactly the generation prompt, so whatever generation must produce
+    after "ASSISTANT:" (a lone space token included) is what training supervises."""
+    tok, _ = tok_ids
+    enc = encode(tok_ids, answer)
+    prompt = encode(tok_ids, answer=None).input_ids
+    n_masked = sum(lab == IGNORE_INDEX for lab in enc.labels)
+    assert enc.input_ids[:n_masked] == prompt and n_masked == len(prompt)
+    assert enc.labels[n_masked:] == enc.input_ids[n_masked:]
+    assert tok.decode(enc.labels[n_masked:]).startswith(" " + answer.split()[0])
+
+
 def test_seg_marker_alias_gives_same_encoding(tok_ids):
     assert encode(tok_ids, "The cup [SEG] and the bowl [SEG].") == encode(tok_ids)
 

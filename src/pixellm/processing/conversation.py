@@ -146,10 +146,13 @@ def encode_conversation(
     """Build, tokenise, label-mask and truncate one conversation.
 
     ``answer`` may contain ``{seg}`` / ``[SEG]`` markers (expanded to ``len(codebook_ids)`` tokens).
-    Labels are -100 up to and including ``"ASSISTANT: "`` (LLaVA's method: the prompt prefix is
-    tokenised separately; its last token may merge with the answer's first word, e.g. ``" word"``,
-    and that merged token is supervised). Truncation to ``max_length`` never cuts the prompt or the
-    image (InputError instead) and drops a codebook group that the cut would split.
+    Labels are -100 on exactly the tokens of the generation prompt (which ends ``"ASSISTANT:"``)
+    and supervise every token after it, including the space before the answer. The space matters:
+    where the vocabulary has no space-prefixed form of the answer's first word (the tiny tokenizer
+    has ``"There"`` but no ``" There"``), it is a token of its own; masking it, as LLaVA's
+    ``"ASSISTANT: "`` prefix does, leaves a token that generation must produce but training never
+    taught, and such answers are never generated. Truncation to ``max_length`` never cuts the
+    prompt or the image (InputError instead) and drops a codebook group that the cut would split.
     """
     n_cb = len(codebook_ids)
     history = [(q, expand_seg(a, n_cb)) for q, a in history]  # earlier answers keep their groups
@@ -159,15 +162,15 @@ def encode_conversation(
 
     expanded = expand_seg(answer, n_cb)
     full = tokenize_with_image(tokenizer, build_prompt(question, expanded, history), num_image_tokens, image_token_index)
-    prefix_text = build_prompt(question, "", history)[: -len(SEP2)]  # "... ASSISTANT: "
-    prefix = tokenize_with_image(tokenizer, prefix_text, num_image_tokens, image_token_index)
+    # the generation prompt ("... ASSISTANT:") must be a token prefix of the training sequence
+    prefix = tokenize_with_image(tokenizer, build_prompt(question, None, history), num_image_tokens, image_token_index)
     n_masked = 0
     while n_masked < min(len(prefix), len(full)) and prefix[n_masked] == full[n_masked]:
         n_masked += 1
-    if n_masked < len(prefix) - 1:  # only the prefix's last token may differ (merged with the answer)
+    if n_masked < len(prefix):
         raise InputError(
             f"tokenising the prompt alone disagrees with the full conversation at token {n_masked} "
-            f"(question {question[:40]!r}); the tokenizer merges across 'ASSISTANT: '"
+            f"(question {question[:40]!r}); the tokenizer merges 'ASSISTANT:' with the answer"
         )
     labels = [IGNORE_INDEX] * n_masked + full[n_masked:]
 
