@@ -13,6 +13,8 @@ from pixellm.cli import main
 from pixellm.tools.flops import (
     META,
     LisaSpec,
+    cache_kwarg,
+    cache_of,
     count_flops,
     decode_step_flops,
     lisa_flops,
@@ -53,12 +55,12 @@ def test_decode_sum_equals_counting_every_step():
     llm = _tiny_llm()
     prompt, new = 7, 6
     with torch.no_grad():
-        cache = llm(inputs_embeds=torch.zeros(1, prompt, 128, device=META), use_cache=True).cache
+        cache = cache_of(llm(inputs_embeds=torch.zeros(1, prompt, 128, device=META), use_cache=True))
         total = 0
         for _ in range(new - 1):  # the prefill produced the first token
-            flops, out = count_flops(llm, inputs_embeds=torch.zeros(1, 1, 128, device=META), cache=cache,
-                                     use_cache=True)
-            total, cache = total + flops, out.cache
+            flops, out = count_flops(llm, inputs_embeds=torch.zeros(1, 1, 128, device=META), use_cache=True,
+                                     **cache_kwarg(llm, cache))
+            total, cache = total + flops, cache_of(out)
     assert llm_flops(llm, prompt, new)["llm_decode"] == total
 
 

@@ -20,6 +20,7 @@ give the sum over all steps without running ``T`` steps. Attention is counted as
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,13 +80,23 @@ class FlopsReport:
 # ----------------------------------------------------------------------------- LLM
 
 
+def cache_of(output: Any) -> Any:
+    """The KV cache of a causal-LM output (``cache`` since transformers 5.24, ``past_key_values`` before)."""
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
+def cache_kwarg(llm: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` with the forward argument name this transformers version uses."""
+    return {"cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values": cache}
+
+
 def decode_step_flops(llm: nn.Module, cache_length: int, hidden: int) -> int:
     """FLOPs of one cached decode step after ``cache_length`` tokens (the prefill is not counted)."""
     with torch.no_grad():
-        cache = llm(inputs_embeds=torch.zeros(1, cache_length, hidden, device=META), use_cache=True,
-                    logits_to_keep=1).cache
+        cache = cache_of(llm(inputs_embeds=torch.zeros(1, cache_length, hidden, device=META), use_cache=True,
+                             logits_to_keep=1))
         flops, _ = count_flops(
-            llm, inputs_embeds=torch.zeros(1, 1, hidden, device=META), cache=cache, use_cache=True
+            llm, inputs_embeds=torch.zeros(1, 1, hidden, device=META), use_cache=True, **cache_kwarg(llm, cache)
         )
     return flops
 
