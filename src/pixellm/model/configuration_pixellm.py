@@ -246,6 +246,9 @@ def _tiny() -> dict:
         "decoder_heads": 4,
         "decoder_mlp_dim": 256,
         "pixel_detail_channels": 16,
+        # 4x the Table A.1 dice weight: in the demo (1000 steps, seed 0) held-out generated gIoU
+        # 0.492 against 0.474 at 0.5 and 0.447 at 4.0 (teacher-forced 0.819 / 0.814 / 0.810)
+        "dice_loss_weight": 2.0,
         "llm_attn_implementation": "eager",
         "codebook_token_ids": codebook_ids,
         "im_start_token_id": im_start,
