@@ -156,14 +156,14 @@ def encode_conversation(
     """
     n_cb = len(codebook_ids)
     history = [(q, expand_seg(a, n_cb)) for q, a in history]  # earlier answers keep their groups
+    # the generation prompt ("... ASSISTANT:"): the whole encoding at inference, the masked prefix in training
+    prefix = tokenize_with_image(tokenizer, build_prompt(question, None, history), num_image_tokens, image_token_index)
     if answer is None:
-        ids = tokenize_with_image(tokenizer, build_prompt(question, None, history), num_image_tokens, image_token_index)
-        return EncodedConversation(ids, None, 0)
+        return EncodedConversation(prefix, None, 0)
 
     expanded = expand_seg(answer, n_cb)
     full = tokenize_with_image(tokenizer, build_prompt(question, expanded, history), num_image_tokens, image_token_index)
-    # the generation prompt ("... ASSISTANT:") must be a token prefix of the training sequence
-    prefix = tokenize_with_image(tokenizer, build_prompt(question, None, history), num_image_tokens, image_token_index)
+    # it must be a token prefix of the training sequence
     n_masked = 0
     while n_masked < min(len(prefix), len(full)) and prefix[n_masked] == full[n_masked]:
         n_masked += 1
