@@ -187,8 +187,7 @@ def run_demo(
                           teacher_forced=forced_flag, progress=progress)
     lines = [json.loads(line) for line in pred_path.read_text(encoding="utf-8").splitlines()]
     generated = [p for p in lines if not p.get("teacher_forced")]
-    forced = [p for p in lines if p.get("teacher_forced")]
-    metrics = evaluate_muse(records, generated + forced, judge="oracle", split="val", details=True)
+    metrics = evaluate_muse(records, lines, judge="oracle", split="val", details=True)
     metrics["per_kind"] = per_kind(metrics, _question_kinds(records))
     last = result.history[-1] if result.history else {}
     metrics["training"] = {
