@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import small_config
 
 from pixellm.errors import InputError
@@ -122,16 +125,163 @@ def test_released_state_dict_with_wrong_or_missing_keys_is_rejected():
         load_released_state_dict(model, wrong)
 
 
-def test_released_position_interpolation_treats_last_row_as_cls():
-    table = torch.randn(1 + 9, 4)
-    same = interpolate_position_embeddings(table, 3, "released")
-    assert torch.equal(same, table)  # nothing to do at the native grid
-    correct = interpolate_position_embeddings(table, 6, "correct")
-    released = interpolate_position_embeddings(table, 6, "released")
-    assert correct.shape == released.shape == (37, 4)
-    assert torch.equal(correct[0], table[0]) and torch.equal(released[0], table[-1])
-    assert not torch.allclose(correct[1:], released[1:])
-    # the released grid is built from rows 0..8 (real CLS + 8 patches)
-    expected = torch.nn.functional.interpolate(table[:9].reshape(1, 3, 3, 4).permute(0, 3, 1, 2), size=(6, 6),
-                                               mode="bicubic", align_corners=False)
-    assert torch.allclose(released[1:], expected.permute(0, 2, 3, 1).reshape(36, 4), atol=1e-6)
+def bilinear_half_pixel(grid: torch.Tensor, out: int) -> torch.Tensor:
+    """``g x g x C`` -> ``out x out x C`` bilinear with half-pixel centres (``align_corners=False``),
+    written out by hand so the check does not reuse ``F.interpolate``."""
+    g = grid.shape[0]
+
+    def taps(i: int) -> tuple[int, int, float]:
+        x = max((i + 0.5) * g / out - 0.5, 0.0)
+        lo = min(int(x), g - 1)
+        return lo, min(lo + 1, g - 1), x - lo
+
+    res = torch.empty(out, out, grid.shape[-1], dtype=torch.float64)
+    g64 = grid.double()
+    for r in range(out):
+        r0, r1, fr = taps(r)
+        for c in range(out):
+            c0, c1, fc = taps(c)
+            top = (1 - fc) * g64[r0, c0] + fc * g64[r0, c1]
+            bottom = (1 - fc) * g64[r1, c0] + fc * g64[r1, c1]
+            res[r, c] = (1 - fr) * top + fr * bottom
+    return res
+
+
+def released_position_table(table: torch.Tensor, out: int) -> torch.Tensor:
+    """The released tower's rule (docs/fidelity.md): rows 0..g*g-1 (CLS + all patches but the last)
+    as a g x g grid, bilinear to out x out -> new rows 0..out*out-1; the old last row appended."""
+    g = int(round((table.shape[0] - 1) ** 0.5))
+    grid = bilinear_half_pixel(table[:-1].reshape(g, g, -1), out).reshape(out * out, -1)
+    return torch.cat([grid, table[-1:].double()]).float()
+
+
+def test_released_position_table_is_the_authors_bilinear_grid_plus_last_row():
+    torch.manual_seed(0)
+    table = torch.randn(577, 8)  # CLIP-336: CLS + 24 x 24 patches
+    assert torch.equal(interpolate_position_embeddings(table, 24, "released"), table)  # native grid
+    released = interpolate_position_embeddings(table, 32, "released")
+    assert released.shape == (1025, 8)
+    assert torch.allclose(released, released_position_table(table, 32), atol=1e-6)
+    # position ids stay in order: CLS gets the grid's top-left cell (the corner of a half-pixel
+    # resize = old row 0), patch 0 a blend of the CLS row and patch row 0, the last patch the old last row
+    assert torch.equal(released[-1], table[-1])
+    assert torch.allclose(released[0], table[0], atol=1e-6)
+    assert torch.allclose(released[1], 0.375 * table[0] + 0.625 * table[1], atol=1e-6)
+    # the "correct" option keeps the CLS row and differs from the released table everywhere else
+    correct = interpolate_position_embeddings(table, 32, "correct")
+    assert torch.equal(correct[0], table[0])
+    assert (correct[1:] - released[1:]).abs().amax(dim=1).min() > 0
+    # a bf16 table is resized in fp32 (as the released fp32 tower did), then stored in bf16
+    half = interpolate_position_embeddings(table.bfloat16(), 32, "released")
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half, released_position_table(table.bfloat16().float(), 32).bfloat16())
+
+
+def released_patch_masks(sizes: list[tuple[int, int]], image_size: int, patch: int, llm_grid: int):
+    """The released masks: a pixel validity mask, nearest-resized to the patch grid (the CLS
+    position always valid), and the patch mask nearest-resized to the LLM grid."""
+    pixels = torch.zeros(len(sizes), 1, image_size, image_size)
+    for i, (h, w) in enumerate(sizes):
+        pixels[i, :, :h, :w] = 1
+    patches = F.interpolate(pixels, size=(image_size // patch,) * 2, mode="nearest")[:, 0]
+    llm = F.interpolate(patches[:, None], size=(llm_grid, llm_grid), mode="nearest")[:, 0]
+    keys = torch.cat([torch.ones(len(sizes), 1), patches.flatten(1)], dim=1)
+    return keys.bool(), llm.flatten(1).bool()
+
+
+@pytest.mark.parametrize("image_size,patch,llm_grid", [(448, 14, 16), (64, 8, 4), (84, 14, 3)])
+def test_padding_masks_equal_the_released_nearest_resize(image_size, patch, llm_grid):
+    from pixellm.processing.image_processing import PixelLMImageProcessor, grid_valid_mask
+
+    # every resized size the processor can give (longest side = S), plus some unusual ones
+    sizes = [(k, image_size) for k in range(1, image_size + 1)] + [(image_size, k) for k in range(1, image_size)]
+    sizes += [(17, 33), (image_size - 1, image_size - 2), (1, 1)]
+    keys, llm = released_patch_masks(sizes, image_size, patch, llm_grid)
+    resized = torch.tensor(sizes)
+    ours = grid_valid_mask(resized, image_size, image_size // patch).flatten(1)
+    assert torch.equal(torch.cat([torch.ones(len(sizes), 1, dtype=torch.bool), ours], dim=1), keys)
+    assert torch.equal(grid_valid_mask(resized, image_size, llm_grid).flatten(1), llm)
+    proc = PixelLMImageProcessor(image_size=image_size, patch_size=patch)
+    assert torch.equal(proc.patch_attention_mask(resized).flatten(1), keys[:, 1:])
+
+
+def vision_setup(seed: int = 0):
+    """A CLIP with a 4 x 4 native grid (56 px) run at a 6 x 6 grid (84 px), as the released
+    tower runs CLIP-336 at 448 px."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    native = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+                              patch_size=14, image_size=56)
+    return CLIPVisionModel(native).eval(), native
+
+
+def released_tower_features(clip, native, pixel_values, sizes, layers):
+    """Reference: a stock HF CLIP built at the larger size with the released table and the
+    released key mask, run through its own forward."""
+    from transformers import CLIPVisionModel
+
+    s = pixel_values.shape[-1]
+    big_cfg = copy.deepcopy(native)
+    big_cfg.image_size = s
+    big = CLIPVisionModel(big_cfg).eval()
+    state = dict(clip.state_dict())
+    state["embeddings.position_embedding.weight"] = released_position_table(
+        clip.embeddings.position_embedding.weight.detach(), s // native.patch_size)
+    big.load_state_dict(state)
+    keys, _ = released_patch_masks(sizes, s, native.patch_size, 1)
+    additive = torch.zeros(len(sizes), 1, keys.shape[1], keys.shape[1])
+    additive = additive.masked_fill(~keys[:, None, None, :], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        hs = big(pixel_values, output_hidden_states=True, attention_mask=additive).hidden_states
+    return [hs[i][:, 1:] for i in layers]
+
+
+def test_vision_features_equal_the_released_tower_with_padding():
+    from pixellm.model.vision import clip_multiscale_features
+    from pixellm.processing.image_processing import grid_valid_mask
+
+    clip, native = vision_setup()
+    sizes = [(84, 84), (84, 40), (23, 84)]
+    pixel_values = torch.randn(3, 3, 84, 84)
+    for i, (h, w) in enumerate(sizes):
+        pixel_values[i, :, h:] = 0
+        pixel_values[i, :, :, w:] = 0
+    layers = [-2, -3]
+    valid = grid_valid_mask(torch.tensor(sizes), 84, 6)
+    with torch.no_grad():
+        ours = clip_multiscale_features(clip, pixel_values, valid, layers, "released")
+        correct = clip_multiscale_features(clip, pixel_values, valid, layers, "correct")
+        unmasked = clip_multiscale_features(clip, pixel_values, None, layers, "released")
+    ref = released_tower_features(clip, native, pixel_values, sizes, layers)
+    for a, r, c in zip(ours, ref, correct):
+        assert a.shape == (3, 36, 16)
+        assert torch.allclose(a, r, atol=1e-5), (a - r).abs().max()
+        assert (c - r).abs().max() > 1e-2  # the other interpolation would be caught
+    assert (unmasked[0][1:] - ref[0][1:]).abs().max() > 1e-2  # so would a missing mask
+
+
+@pytest.mark.parametrize("resized", [(64, 30), (40, 30)])
+def test_masks_are_resized_to_the_longer_resized_side_then_cropped(resized):
+    """Released post-processing: 4G -> max(h', w') square, crop (h', w'), -> original size. For
+    processor inputs max(h', w') = S (the first case); the second is a caller's own size."""
+    torch.manual_seed(0)
+    model = PixelLMForCausalLM(small_config()).eval()
+    s = model.config.image_size
+    pixel_values = torch.randn(1, 3, s, s)
+    seg = torch.randn(2, model.config.num_scales, model.config.decoder_dim)
+    with torch.no_grad():
+        feats = model.encode_images(pixel_values, torch.tensor([resized]), torch.tensor([[50, 37]]))
+        got = model.decode_masks(feats, seg, torch.zeros(2, dtype=torch.long))[0]
+        grid = feats.decoder.shape[-1]
+        pe, dense = model.prompt_encoder.get_dense_pe(grid, grid), model.prompt_encoder.dense_embedding(grid, grid)
+        low = model.mask_fusion(model.mask_decoder(feats.decoder[[0, 0]], seg, pe, dense))[:, None]
+    t = max(resized)
+    ref = F.interpolate(low, size=(t, t), mode="bilinear", align_corners=False)[..., : resized[0], : resized[1]]
+    ref = F.interpolate(ref, size=(50, 37), mode="bilinear", align_corners=False)[:, 0]
+    assert got.shape == (2, 50, 37)
+    assert torch.allclose(got, ref, atol=1e-6)
+    if t != s:  # the image_size rule gives other masks here, so the test can tell them apart
+        other = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)[..., : resized[0], : resized[1]]
+        other = F.interpolate(other, size=(50, 37), mode="bilinear", align_corners=False)[:, 0]
+        assert (other - got).abs().max() > 1e-3

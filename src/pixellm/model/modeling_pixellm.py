@@ -259,11 +259,11 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                 if on_cpu:
                     dec_features, seg = dec_features.float(), seg.float()
                 scale_masks = self.mask_decoder(dec_features, seg.to(dec_features.dtype), pe, dense)
-                low = self.mask_fusion(scale_masks)  # K x 4G x 4G
-                full = F.interpolate(low[:, None].float(), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+                low = self.mask_fusion(scale_masks)[:, None].float()  # K x 1 x 4G x 4G
+                detail_term = None
                 if self.detail is not None:
                     detail = features.detail[image_index]
-                    full = full + self.detail(detail.float() if on_cpu else detail, seg[:, -1]).float()
+                    detail_term = self.detail(detail.float() if on_cpu else detail, seg[:, -1]).float()[:, None]
         for i in range(b):
             h, w = (int(v) for v in features.resized_sizes[i])
             oh, ow = (int(v) for v in features.original_sizes[i])
@@ -272,7 +272,15 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                 ref = features.decoder
                 out.append(ref.new_zeros((0, oh, ow), dtype=torch.float32))
                 continue
-            m = full[sel, :h, :w]
+            # Released post-processing: resize to the longer resized side, crop the real image,
+            # resize to the original size. The processor resizes the longest side to S, so the
+            # first size is S for its inputs; callers' own resized sizes get the released rule.
+            t = max(h, w)
+            m = F.interpolate(low[sel], size=(t, t), mode="bilinear", align_corners=False)
+            if detail_term is not None:
+                d = detail_term[sel]
+                m = m + (d if t == s else F.interpolate(d, size=(t, t), mode="bilinear", align_corners=False))
+            m = m[:, 0, :h, :w]
             if (h, w) != (oh, ow):
                 m = F.interpolate(m[:, None], size=(oh, ow), mode="bilinear", align_corners=False)[:, 0]
             out.append(m)

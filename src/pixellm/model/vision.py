@@ -12,11 +12,19 @@ from torch import nn
 
 
 def interpolate_position_embeddings(weight: torch.Tensor, grid: int, mode: str = "correct") -> torch.Tensor:
-    """Resize a CLIP position table ``[1 + g*g, C]`` to ``[1 + grid*grid, C]`` (bicubic).
+    """Resize a CLIP position table ``[1 + g*g, C]`` to ``[1 + grid*grid, C]``.
 
-    ``mode="released"`` reproduces how the released checkpoint was made: the *last* row is
-    treated as the CLS embedding and the first ``g*g`` rows (real CLS + all patches but the last)
-    as the patch grid. ``"correct"`` uses row 0 as CLS.
+    The returned rows are added in order to ``[CLS, patch 0, ..., patch grid*grid-1]``.
+
+    ``mode="released"`` builds the table exactly as the released vision tower does (see
+    ``docs/fidelity.md``): rows ``0 .. g*g-1`` (the CLS row, then every patch row but the last)
+    are read as a ``g x g`` grid and resized *bilinearly* (``align_corners=False``) to
+    ``grid x grid``, giving new rows ``0 .. grid*grid-1``; the old last row is appended. So the
+    CLS token gets the grid's top-left cell and the last patch gets the old last patch row. We
+    must reproduce this to give released checkpoints the image features they were trained on.
+
+    ``mode="correct"`` keeps row 0 as the CLS embedding and resizes the ``g x g`` patch rows
+    (bicubic), for new training.
     """
     n, dim = weight.shape
     g = int(round((n - 1) ** 0.5))
@@ -25,13 +33,16 @@ def interpolate_position_embeddings(weight: torch.Tensor, grid: int, mode: str =
     if g == grid:
         return weight
     if mode == "released":
-        cls, patches = weight[-1:], weight[:-1]
+        head, tail, method = weight[:-1], weight[-1:], "bilinear"  # grid rows, then the old last row
+    elif mode == "correct":
+        head, tail, method = weight[1:], None, "bicubic"
     else:
-        cls, patches = weight[:1], weight[1:]
-    patches = patches.reshape(1, g, g, dim).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
-    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, dim).to(weight.dtype)
-    return torch.cat([cls, patches], dim=0)
+        raise ValueError(f"unknown position interpolation {mode!r} (released | correct)")
+    # The released tower resizes its fp32 table; do the same whatever the stored dtype.
+    head = head.reshape(1, g, g, dim).permute(0, 3, 1, 2).float()
+    head = F.interpolate(head, size=(grid, grid), mode=method, align_corners=False)
+    head = head.permute(0, 2, 3, 1).reshape(grid * grid, dim).to(weight.dtype)
+    return torch.cat([head, tail] if tail is not None else [weight[:1], head], dim=0)
 
 
 def clip_multiscale_features(
