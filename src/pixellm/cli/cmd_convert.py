@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"read {summary.released_tensors} tensors from {', '.join(summary.weight_files)} "
           f"+ {summary.vision_tensors} CLIP tensors from {args.vision}")
     if summary.dropped_keys:
-        print(f"dropped {len(summary.dropped_keys)} unused released tensors (prompt-encoder point/mask weights)")
+        print(f"dropped {len(summary.dropped_keys)} unused released tensors "
+              "(prompt-encoder point/mask weights, rotary inv_freq buffers)")
     if summary.initialised:
         print(f"initialised {', '.join(summary.initialised)} to the released values (1/N, 1/L)")
     if not summary.processor_saved:

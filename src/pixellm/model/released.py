@@ -3,7 +3,8 @@
 Released layout (SPEC section 9): LLaMA keys are the standard HF ones under ``model.`` /
 ``lm_head.``; the pixel modules sit under ``model.<name>``. CLIP is not in the checkpoint.
 We keep the released module names, so the mapping is a prefix change; the prompt encoder's
-point / mask-downscaling weights are unused by PixelLM and dropped.
+point / mask-downscaling weights are unused by PixelLM and dropped, and so are LLaMA's rotary
+``inv_freq`` buffers, which checkpoints saved by older transformers hold (they are recomputed).
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ PROMPT_ENCODER_USED = ("prompt_encoder.pe_layer.", "prompt_encoder.no_mask_embed
 # they keep their initial values (1/N, 1/L), which is what the released code used.
 NEW_PARAMETER_PREFIXES = ("token_fusion.", "mask_fusion.", "detail.")
 VISION_PREFIXES = ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.")
+# Non-parameter buffers that older transformers saved with LLaMA weights.
+DROPPED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
 def released_key_to_pixellm(key: str) -> str | None:
     """Our state-dict key for a released key, or ``None`` for a key we drop on purpose."""
+    if key.endswith(DROPPED_SUFFIXES):
+        return None
     if key.startswith("lm_head."):
         return "language_model." + key
     for prefix in VISION_PREFIXES:

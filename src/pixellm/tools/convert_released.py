@@ -89,12 +89,51 @@ def read_released_config(src: Path) -> dict[str, Any]:
     return cfg
 
 
+# Shard indexes written by ``save_pretrained`` when a checkpoint is split.
+INDEX_FILES = (("*.safetensors", "model.safetensors.index.json"), ("pytorch_model*.bin", "pytorch_model.bin.index.json"))
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    """``weight_map`` (key -> shard file name) of a shard index."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON ({err.msg} at line {err.lineno})", path=str(path)) from err
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise DataError("missing or malformed field 'weight_map'", path=str(path))
+    return weight_map
+
+
 def weight_files(src: Path) -> list[Path]:
-    """The checkpoint files: every ``*.safetensors`` if any, else every ``pytorch_model*.bin``."""
-    files = sorted(src.glob("*.safetensors")) or sorted(src.glob("pytorch_model*.bin"))
-    if not files:
-        raise FileNotFoundError(f"{src}: no *.safetensors or pytorch_model*.bin weights")
-    return files
+    """The checkpoint files: every ``*.safetensors`` if any, else every ``pytorch_model*.bin``.
+
+    A shard index (``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``) decides
+    which shards belong to the checkpoint; a shard it names that is absent (an interrupted
+    download) is an error naming the shard.
+    """
+    for pattern, index in INDEX_FILES:
+        if (src / index).is_file():
+            names = sorted(set(_read_index(src / index).values()))
+            absent = [n for n in names if not (src / n).is_file()]
+            if absent:
+                raise DataError(f"shard {absent[0]} named in the index is missing", path=str(src / index))
+            return [src / n for n in names]
+        files = sorted(src.glob(pattern))
+        if files:
+            return files
+    raise FileNotFoundError(f"{src}: no *.safetensors or pytorch_model*.bin weights")
+
+
+def check_index(src: Path, files: list[Path], state: dict[str, torch.Tensor]) -> None:
+    """The loaded keys are exactly the shard index's (when there is one)."""
+    index = next((src / i for p, i in INDEX_FILES if files and files[0].match(p) and (src / i).is_file()), None)
+    if index is None:
+        return
+    weight_map = _read_index(index)
+    absent = sorted(k for k in weight_map if k not in state)
+    if absent:
+        raise DataError(f"key {absent[0]!r} named in the index is in no shard ({weight_map[absent[0]]})", path=str(index))
 
 
 def load_weights(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -214,6 +253,7 @@ def convert_released(
     config, processor = build_config(released_cfg, vision, src_path)
     files = weight_files(src_path)
     released = load_weights(files)
+    check_index(src_path, files, released)
 
     # Validate names and shapes with the model engineer's loader on a meta model (no memory);
     # copying into meta tensors is a no-op whose warning is expected here.
