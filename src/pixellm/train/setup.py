@@ -37,20 +37,35 @@ def processor_for_config(model_config, max_length: int) -> PixelLMProcessor:
 
 
 def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+    """Fresh pixel modules on a base LLM (LLaVA layout or any HF causal LM) and CLIP, both loaded
+    from local folders with every key checked (``pixellm.train.base``)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
 
     from pixellm.model.configuration_pixellm import PixelLMConfig
     from pixellm.model.modeling_pixellm import PixelLMForCausalLM
     from pixellm.processing.image_processing import PixelLMImageProcessor
     from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.train.base import base_text_config, check_vision_width, load_base_llm, load_clip
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base_llm)
-    text_config = AutoConfig.from_pretrained(cfg.base_llm).to_dict()
+    text_config = base_text_config(cfg.base_llm)
     overrides = dict(cfg.model_overrides)
+    clip = None
     if cfg.vision_weights:
-        overrides["vision_config"] = AutoConfig.from_pretrained(cfg.vision_weights).to_dict()
+        vision_config, clip = load_clip(cfg.vision_weights)
+        check_vision_width(Path(cfg.base_llm) / "config.json", vision_config.hidden_size, cfg.vision_weights)
+        overrides["vision_config"] = vision_config.to_dict()
         overrides["vision_tower"] = cfg.vision_weights
-    pcfg = PixelLMConfig.from_preset(cfg.preset, text_config=text_config, **overrides)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.base_llm)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{cfg.base_llm}: cannot load the tokenizer ({err})".splitlines()[0]) from err
+    # Build the pixel modules around a 0-layer stand-in LLM: a random full-size LLM (28 GB for
+    # 7B in fp32) would be thrown away at once.
+    stub = {k: v for k, v in text_config.items() if k != "layer_types"}
+    stub["num_hidden_layers"] = 0
+    pcfg = PixelLMConfig.from_preset(cfg.preset, text_config=stub, **overrides)
     image_processor = PixelLMImageProcessor(image_size=pcfg.image_size, patch_size=pcfg.vision_config.patch_size)
     processor = PixelLMProcessor(
         tokenizer, image_processor, num_codebook_tokens=pcfg.num_codebook_tokens,
@@ -58,12 +73,15 @@ def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
     )
     pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
     model = PixelLMForCausalLM(pcfg)
-    model.language_model = AutoModelForCausalLM.from_pretrained(cfg.base_llm)
-    # New tokens get new (trainable) embedding rows.
-    model.language_model.resize_token_embeddings(len(tokenizer))
+    base = load_base_llm(cfg.base_llm, pcfg.vision_config.hidden_size, text_config)
+    model.language_model = base.model
+    if base.projector:
+        model.mm_projector.load_state_dict(base.projector)
+    # New tokens get new (trainable) embedding rows; a vocabulary already large enough is kept.
+    if len(tokenizer) > model.language_model.get_input_embeddings().weight.shape[0]:
+        model.language_model.resize_token_embeddings(len(tokenizer))
     model.config.text_config = copy.deepcopy(model.language_model.config)
-    if cfg.vision_weights:
-        clip = CLIPVisionModel.from_pretrained(cfg.vision_weights)
+    if clip is not None:
         model.vision_tower.load_state_dict(clip.state_dict())
     return model, processor
 
