@@ -285,3 +285,31 @@ def test_masks_are_resized_to_the_longer_resized_side_then_cropped(resized):
         other = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)[..., : resized[0], : resized[1]]
         other = F.interpolate(other, size=(50, 37), mode="bilinear", align_corners=False)[:, 0]
         assert (other - got).abs().max() > 1e-3
+
+
+def test_prediction_runs_clip_once_and_decodes_with_the_kv_cache():
+    """Defect fix (SPEC section 8): the released inference re-encodes the image for the decoder
+    and generates with ``use_cache=False``. Ours: one CLIP pass; every step after the prompt feeds
+    one new token."""
+    import numpy as np
+
+    from pixellm.infer.generation import GenerationOptions
+    from pixellm.infer.predictor import Predictor
+    from pixellm.infer.random_model import scripted_pixellm
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    processor = PixelLMProcessor.for_tiny()
+    model = scripted_pixellm(processor, " the chair [SEG] and this [SEG]", loop_from=" and this [SEG]")
+    predictor = Predictor(model, processor, GenerationOptions(max_new_tokens=20))
+    clip_calls, llm_lengths = [], []
+    model.vision_tower.embeddings.patch_embedding.register_forward_hook(lambda m, i, o: clip_calls.append(1))
+    model.language_model.get_decoder().register_forward_pre_hook(
+        lambda m, args, kwargs: llm_lengths.append(
+            (kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]).shape[1]),
+        with_kwargs=True)
+    image = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    result = predictor(image, "Where can I sit?")
+    assert result.num_masks >= 2 and result.masks.shape[1:] == (40, 70)
+    assert len(clip_calls) == 1
+    assert len(llm_lengths) >= len(result.token_ids) - 1 >= 2
+    assert llm_lengths[0] > 1 and set(llm_lengths[1:]) == {1}
