@@ -189,6 +189,7 @@ def test_bad_base_folders_are_one_line_errors(bases, tmp_path, capsys):
 
     assert "nowhere: base_llm folder not found" in run(f"base_llm={tmp_path / 'nowhere'}")
     assert "nowhere: vision_weights folder not found" in run(f"vision_weights={tmp_path / 'nowhere'}")
+    assert "CLIP key 'embeddings.class_embedding' is missing" in run(f"vision_weights={bases['llava']}")
     # a mis-shaped tensor: the error names the shard and the key
     h, v = LLAMA["hidden_size"], CLIP_VISION["hidden_size"]
     write_llava(tmp_path / "bad", fmt="safetensors")
