@@ -23,6 +23,7 @@ from pixellm.errors import ConfigError, InputError
 from pixellm.processing.conversation import (
     IMAGE_TOKEN_INDEX,
     SEG_MARKER,
+    SYSTEM_PROMPT,
     build_prompt,
     count_seg,
     encode_conversation,
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILE = "processor_config.json"
-_CONFIG_KEYS = ("num_codebook_tokens", "num_image_tokens", "llm_image_grid", "max_length", "image_token_index")
+_CONFIG_KEYS = ("num_codebook_tokens", "num_image_tokens", "llm_image_grid", "max_length", "image_token_index",
+                "system_prompt")
 
 
 @dataclass
@@ -72,6 +74,7 @@ class PixelLMProcessor:
         llm_image_grid: side of the LLM image-token grid (released 16).
         max_length: maximum training sequence length, image tokens included (released 512).
         image_token_index: placeholder id of image tokens in ``input_ids`` (released -200).
+        system_prompt: the template's system text (released: llava_v1's; "" = none).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class PixelLMProcessor:
         llm_image_grid: int = 16,
         max_length: int = 512,
         image_token_index: int = IMAGE_TOKEN_INDEX,
+        system_prompt: str = SYSTEM_PROMPT,
     ):
         if llm_image_grid <= 0 or num_image_tokens != llm_image_grid**2:
             raise ConfigError(f"num_image_tokens ({num_image_tokens}) must equal llm_image_grid**2 ({llm_image_grid}**2)")
@@ -97,6 +101,7 @@ class PixelLMProcessor:
         self.llm_image_grid = int(llm_image_grid)
         self.max_length = int(max_length)
         self.image_token_index = int(image_token_index)
+        self.system_prompt = str(system_prompt)
         ids = add_codebook_tokens(tokenizer, self.num_codebook_tokens)
         self.codebook_token_ids: list[int] = ids[: self.num_codebook_tokens]
         self.im_start_id, self.im_end_id = ids[self.num_codebook_tokens :]
@@ -110,6 +115,7 @@ class PixelLMProcessor:
         num_codebook_tokens: int = 6,
         max_length: int = 512,
         vocab_size: int = 1024,
+        system_prompt: str = SYSTEM_PROMPT,
     ) -> PixelLMProcessor:
         """Tiny tokenizer + image processor for the ``tiny`` preset (pass the config's values)."""
         return cls(
@@ -119,6 +125,7 @@ class PixelLMProcessor:
             num_image_tokens=llm_image_grid**2,
             llm_image_grid=llm_image_grid,
             max_length=max_length,
+            system_prompt=system_prompt,
         )
 
     # --- ids ---------------------------------------------------------------------------------
@@ -140,7 +147,7 @@ class PixelLMProcessor:
     # --- encoding ----------------------------------------------------------------------------
 
     def build_prompt(self, question: str, answer: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return build_prompt(question, answer, history)
+        return build_prompt(question, answer, history, self.system_prompt)
 
     def encode_example(
         self,
@@ -168,6 +175,7 @@ class PixelLMProcessor:
             max_length=self.max_length if answer is not None else None,
             image_token_index=self.image_token_index,
             history=history,
+            system_prompt=self.system_prompt,
         )
         kept_masks = None
         if masks is not None:

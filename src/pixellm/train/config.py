@@ -64,7 +64,7 @@ class TrainConfig:
     preset: str = "tiny"
     init_from: str | None = None  # a saved PixelLM folder (model + processor) to start from
     base_llm: str | None = None  # an HF causal LM folder (e.g. LLaVA-7B) for a fresh PixelLM
-    vision_weights: str | None = None  # a CLIP vision folder (with base_llm)
+    vision_weights: str | None = None  # a CLIP vision folder (with base_llm, or for a random preset)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # PixelLMConfig fields
     # "pixellm": SPEC section 4 (CLIP + base LLM frozen, LoRA); "all_but_vision": also the whole
     # LLM (for from-scratch tiny models, where a frozen random LLM cannot learn); "all": everything.
@@ -75,6 +75,8 @@ class TrainConfig:
     val_data: str | None = None  # MUSE-format JSON of the held-out split
     val_samples: int = 200  # questions of the held-out split used by the periodic validation
     max_length: int = 512
+    # the template's system text for a new tiny processor; None = llava_v1's (released), "" = none
+    system_prompt: str | None = None
     num_workers: int = 0
     # optimisation
     optim: OptimSettings = field(default_factory=OptimSettings)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pixellm.train.config import DataSource, LoraSettings, OptimSettings, TrainConfig
+from pixellm.train.vision_pretrain import VisionPretrainConfig
 
 # Demo sizes: training questions and held-out questions of the synthetic set.
 TRAIN_QUESTIONS = 8000
@@ -58,6 +60,101 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         val_every=max(1, steps // 5),
         log_every=10,
     )
+
+
+def synth_is_cached(folder: Path, splits: dict[str, int], seed: int) -> bool:
+    """True when ``folder`` holds a complete synthetic set made with these splits and seed
+    (``info.json`` is written last)."""
+    try:
+        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    sizes = {k: v.get("questions") for k, v in info.get("splits", {}).items()}
+    return info.get("seed") == seed and sizes == splits and all((folder / f"{k}.json").is_file() for k in splits)
+
+
+def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: VisionPretrainConfig,
+                 progress: bool = True, probe_images: int = 1000) -> dict[str, Any]:
+    """Stage 1 (``pixellm.train.vision_pretrain``) on the training split, cached in ``folder``:
+    a rerun with the same data, model and recipe reuses the saved tower. Returns its summary,
+    with linear-probe accuracies of the largest object's shape on the LLM's grid features,
+    before and after (fit on the first images, scored on the last ``probe_images``)."""
+    import hashlib
+
+    from pixellm.train.setup import build_model
+    from pixellm.train.vision_pretrain import (
+        cached_result,
+        dense_set_from_muse,
+        pretrain_vision_tower,
+        save_pretrained_tower,
+    )
+
+    model, processor = build_model(dataclasses.replace(cfg, vision_weights=None))  # the random tower stage 2 would otherwise start from
+    fingerprint = {
+        "train_sha1": hashlib.sha1(train_json.read_bytes()).hexdigest(),
+        "vision_config": model.config.vision_config.to_dict(),
+        "select_layers": list(model.config.vision_select_layers),
+        "model_seed": cfg.seed,
+        "recipe": dataclasses.asdict(recipe),
+    }
+    cached = cached_result(folder, fingerprint)
+    if cached is not None:
+        print(f"vision pre-training: reusing {folder}")
+        return {k: v for k, v in cached.items() if k not in ("fingerprint", "losses")}
+    dense = dense_set_from_muse(train_json, processor.image_processor)
+    n_fit = len(dense) - min(probe_images, len(dense) // 4)
+    fit, held = _split_dense(dense, n_fit)
+    shapes = largest_object_shape(train_json)
+    before = shape_probe(model, dense, shapes, n_fit)
+    result = pretrain_vision_tower(
+        model.vision_tower, fit, model.config.vision_select_layers, recipe,
+        model.config.pos_interpolation, held_out=held, progress=progress,
+    )
+    after = shape_probe(model, dense, shapes, n_fit)
+    summary = {
+        "seconds": round(result.seconds, 1),
+        "final_loss": round(sum(result.losses[-20:]) / len(result.losses[-20:]), 4),
+        "held_out_pixel_accuracy": result.pixel_accuracy,
+        "shape_probe": {"random_tower": before, "pretrained_tower": after,
+                        "majority": _majority(shapes[n_fit:])},
+        "config": result.config,
+    }
+    save_pretrained_tower(model.vision_tower, folder, result, fingerprint | {"summary": summary})
+    print(f"vision pre-training: {result.seconds:.0f} s, held-out pixel accuracy "
+          f"{result.pixel_accuracy:.3f}, largest-object shape probe {before:.2f} -> {after:.2f}")
+    return summary
+
+
+def _split_dense(dense, n: int):
+    from pixellm.train.vision_pretrain import DenseSet
+
+    def part(sl: slice) -> DenseSet:
+        return DenseSet(dense.pixel_values[sl], dense.labels[sl], dense.resized_sizes[sl], dense.categories)
+
+    return part(slice(0, n)), part(slice(n, None))
+
+
+def largest_object_shape(path: Path) -> list[int]:
+    """Per image, the shape index (``SHAPES``) of its largest visible object (synthetic set)."""
+    from pixellm.data.synth import SHAPES
+
+    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [SHAPES.index(max(r["ann_list"], key=lambda a: a["area"])["category_name"].split()[-1])
+            for r in records]
+
+
+def shape_probe(model, dense, shapes: list[int], n_fit: int) -> float:
+    import torch
+
+    from pixellm.train.vision_pretrain import linear_probe_accuracy, llm_grid_features
+
+    x = llm_grid_features(model, dense.pixel_values, dense.resized_sizes)
+    y = torch.tensor(shapes)
+    return round(linear_probe_accuracy(x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:]), 4)
+
+
+def _majority(values: list[int]) -> float:
+    return round(max(values.count(v) for v in set(values)) / len(values), 4)
 
 
 def _question_kinds(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
@@ -154,6 +251,7 @@ def run_demo(
     val_questions: int = VAL_QUESTIONS,
     progress: bool = True,
     config: TrainConfig | None = None,
+    vision: VisionPretrainConfig | None = VisionPretrainConfig(),
 ) -> dict[str, Any]:
     """Run the whole demo; returns the metrics written to ``out_dir/metrics.json``."""
     import torch
@@ -169,12 +267,25 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}
     data = out / "data"
-    write_synth(data, {"train": train_questions, "val": val_questions}, seed=seed, progress=progress)
+    splits = {"train": train_questions, "val": val_questions}
+    if not synth_is_cached(data, splits, seed):
+        write_synth(data, splits, seed=seed, progress=progress)
+    stages["data"] = time.perf_counter() - t0
     cfg = config or demo_config(out, DEMO_STEPS if steps is None else steps, seed)
     cfg.progress = progress
     cfg.val_samples = min(cfg.val_samples, val_questions)
+    t1 = time.perf_counter()
+    stage1 = None
+    if vision is not None:
+        stage1 = vision_stage(cfg, data / "train.json", out / "vision_tower", vision, progress=progress)
+        cfg.vision_weights = str(out / "vision_tower")
+    stages["vision_pretraining"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     result = train(cfg, export_dir=out / "checkpoint")
+    stages["training"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
 
     predictor = Predictor(result.model, result.processor)
     records = load_muse(data / "val.json")
@@ -201,8 +312,12 @@ def run_demo(
         "config": cfg.to_dict(),
     }
     metrics["data"] = {"train_questions": train_questions, "val_questions": val_questions, "seed": seed}
-    metrics["seconds_total"] = round(time.perf_counter() - t0, 1)
+    if stage1 is not None:
+        metrics["vision_pretraining"] = stage1
     examples = write_examples(predictor, records, data, generated, out / "examples")
+    stages["inference_and_evaluation"] = time.perf_counter() - t1
+    metrics["seconds_per_stage"] = {k: round(v, 1) for k, v in stages.items()}
+    metrics["seconds_total"] = round(time.perf_counter() - t0, 1)
     with open(out / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     write_report(out / "report.md", metrics, records, generated, examples)

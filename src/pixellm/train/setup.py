@@ -5,7 +5,8 @@ Three starting points:
 - ``base_llm`` (+ ``vision_weights``): an HF causal LM folder (e.g. LLaVA-7B) and a CLIP vision
   folder, assembled with fresh pixel modules: the released recipe;
 - neither: a randomly initialised preset (``tiny`` for the demo), seeded with ``cfg.seed`` so a
-  resumed run rebuilds exactly the same frozen weights.
+  resumed run rebuilds exactly the same frozen weights; ``vision_weights`` (a CLIP vision folder,
+  e.g. the demo's stage-1 tower) replaces its random vision tower.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ if TYPE_CHECKING:
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
 
-def processor_for_config(model_config, max_length: int) -> PixelLMProcessor:
+def processor_for_config(model_config, max_length: int, system_prompt: str | None = None) -> PixelLMProcessor:
     """The tiny tokenizer + an image processor matching a (random-init) preset config."""
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
+    extra = {} if system_prompt is None else {"system_prompt": system_prompt}
     return PixelLMProcessor.for_tiny(
         image_size=model_config.image_size,
         patch_size=model_config.vision_config.patch_size,
         llm_image_grid=model_config.llm_image_grid,
         num_codebook_tokens=model_config.num_codebook_tokens,
         max_length=max_length,
+        **extra,
     )
 
 
@@ -101,7 +104,7 @@ def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]
         model, processor = _from_base(cfg)
     else:
         pcfg = PixelLMConfig.from_preset(cfg.preset, **cfg.model_overrides)
-        processor = processor_for_config(pcfg, cfg.max_length)
+        processor = processor_for_config(pcfg, cfg.max_length, cfg.system_prompt)
         if pcfg.codebook_token_ids != processor.codebook_token_ids:
             pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
         if len(processor.tokenizer) > pcfg.text_config.vocab_size:
@@ -110,11 +113,27 @@ def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]
                 f"{pcfg.text_config.vocab_size}"
             )
         model = PixelLMForCausalLM(pcfg)
+        if cfg.vision_weights:  # e.g. a stage-1 tower (pixellm.train.vision_pretrain)
+            load_vision_weights(model, cfg.vision_weights)
     if cfg.lora.enabled and not has_lora(model):
         apply_lora(model, lora_settings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules))
     set_trainable(model, cfg.trainable)
     model.train()
     return model, processor
+
+
+def load_vision_weights(model: PixelLMForCausalLM, folder: str) -> None:
+    """Copy a CLIP vision folder into ``model.vision_tower``; its config must equal the preset's
+    vision config (a one-line error names the first field that differs)."""
+    from pixellm.train.base import load_clip
+
+    config, clip = load_clip(folder)
+    mine = model.config.vision_config.to_dict()
+    for key, value in config.to_dict().items():
+        if key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "patch_size", "image_size", "num_channels") and mine.get(key) != value:
+            raise ConfigError(f"{folder}: vision {key} is {value}, the model's is {mine.get(key)}")
+    model.vision_tower.load_state_dict(clip.state_dict())
 
 
 def set_trainable(model: PixelLMForCausalLM, mode: str) -> None:
