@@ -2,9 +2,10 @@
 
 Recipe (supplement Table A.1): AdamW (lr 3e-4, betas (0.9, 0.95), weight decay 0), 100 warm-up
 steps then linear decay to 0, effective batch 16 by gradient accumulation, gradient clipping 1.0,
-bf16 autocast where supported (CUDA with bf16, and CPU where it is ~1.4x faster for the tiny
-model). DDP runs with ``find_unused_parameters=True``: with the released "first" mask readout some
-decoder parameters get no gradient.
+bf16 autocast where it is native (CUDA with bf16; CPUs with AVX512-BF16 / AMX, confirmed by a
+timed probe: ``pixellm.train.precision``), fp32 elsewhere. DDP runs with
+``find_unused_parameters=True``: with the released "first" mask readout some decoder parameters
+get no gradient.
 
 Exact resume: the data order is a fixed plan (``data/mixing.py``), checkpoints hold the trainable
 weights, optimizer, scheduler, step counter and every process's RNG states, and the RNG states are
@@ -34,6 +35,7 @@ from pixellm.errors import ConfigError
 from pixellm.train import checkpoint as ckpt
 from pixellm.train.config import TrainConfig
 from pixellm.train.data import build_training_data, collate_train, to_device
+from pixellm.train.precision import PrecisionChoice, resolve_precision
 from pixellm.train.schedule import warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
@@ -57,19 +59,9 @@ class TrainResult:
     validation: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
+    precision: dict[str, str] = field(default_factory=dict)  # what ``precision`` resolved to, and why
     model: Any = None
     processor: Any = None
-
-
-def resolve_precision(precision: str) -> str:
-    """accelerate's ``mixed_precision`` for ``auto | bf16 | fp16 | fp32``."""
-    if precision == "fp32":
-        return "no"
-    if precision in ("bf16", "fp16"):
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16"
 
 
 def flush_denormals() -> None:
@@ -81,12 +73,13 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig, precision: PrecisionChoice | None = None):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    precision = precision or resolve_precision(cfg.precision)
     return Accelerator(
-        mixed_precision=resolve_precision(cfg.precision),
+        mixed_precision=precision.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
@@ -147,7 +140,10 @@ class Trainer:
 
         cfg = self.cfg
         flush_denormals()
-        self.acc = acc = make_accelerator(cfg)
+        self.precision = resolve_precision(cfg.precision)
+        self.acc = acc = make_accelerator(cfg, self.precision)
+        if acc.is_main_process:
+            logger.info("training in %s: %s", self.precision.name, self.precision.reason)
         world = acc.num_processes
         per_step = cfg.batch_size * world
         if cfg.effective_batch % per_step:
@@ -382,6 +378,7 @@ class Trainer:
             step=step, output_dir=self.out, export_dir=None, checkpoint=last_ckpt, samples=samples,
             seconds=seconds, samples_per_second=(samples - self.samples_before) / max(loop_seconds, 1e-9),
             history=self.history, validation=self.validation, skipped=dict(skipped), stopped_early=stopped,
+            precision={"chosen": self.precision.name, "reason": self.precision.reason},
         )
         if acc.is_main_process:
             if skipped:
