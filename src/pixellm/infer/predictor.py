@@ -105,6 +105,7 @@ class Predictor:
         self.processor = processor
         self.options = options or GenerationOptions()
         self.add_instruction = add_instruction
+        self.model_dir: str | None = None  # set by from_pretrained (recorded by ``infer``)
 
     @classmethod
     def from_pretrained(
@@ -115,16 +116,22 @@ class Predictor:
         **kwargs: Any,
     ) -> Predictor:
         """Load model + processor saved in one folder (``save_pretrained`` of both)."""
+        from pixellm.files import check_model_folder
         from pixellm.model.modeling_pixellm import PixelLMForCausalLM
         from pixellm.processing.processing_pixellm import PixelLMProcessor
 
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory}: model folder not found")
+        check_model_folder(directory)  # before building anything: no silent default config
+        if device is not None:
+            device = check_device(device)
         load_kwargs = {"dtype": dtype} if dtype is not None else {}
         model = PixelLMForCausalLM.from_pretrained(str(directory), **load_kwargs)
         if device is not None:
             model = model.to(device)
-        return cls(model, PixelLMProcessor.from_pretrained(directory), **kwargs)
+        predictor = cls(model, PixelLMProcessor.from_pretrained(directory), **kwargs)
+        predictor.model_dir = str(directory)
+        return predictor
 
     @property
     def device(self) -> torch.device:
@@ -245,6 +252,24 @@ class Predictor:
             p = self.processor.parse_answer(ids)
             results.append(_result(p.text, out.pred_masks[b], p.incomplete, ids, prompts[b], True))
         return results
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ``ConfigError`` when this torch build cannot use it
+    (e.g. ``cuda`` on a CPU-only install), instead of an assertion deep inside torch."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device {device!r} (use cpu, cuda, cuda:1, mps ...)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but this torch build has no usable CUDA "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    return dev
 
 
 def _result(

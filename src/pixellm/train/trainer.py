@@ -116,19 +116,23 @@ def _is_sharded(accelerator) -> bool:
 
 
 def export_model(model, processor, folder: str | Path, merge_lora: bool = True) -> Path:
-    """Save ``model`` (LoRA merged into a copy when present) and ``processor`` to ``folder``."""
+    """Save ``model`` (LoRA merged into a copy when present) and ``processor`` to ``folder``.
+
+    Atomic like the checkpoints (``files.atomic_folder``): written under a hidden name, then
+    renamed, so a crash never leaves a ``final/`` with only some of its files."""
     import copy
 
+    from pixellm.files import atomic_folder
     from pixellm.train.lora import has_lora
     from pixellm.train.lora import merge_lora as merge
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     out = model
     if merge_lora and has_lora(model):
         out = merge(copy.deepcopy(model))
-    out.save_pretrained(str(folder))
-    processor.save_pretrained(str(folder))
+    with atomic_folder(folder) as tmp:
+        out.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
     return folder
 
 
