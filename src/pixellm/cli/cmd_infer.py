@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-forced", action="store_true",
                    help="masks from the ground-truth answer text instead of generated answers")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read image names that leave the image root (../ or absolute paths); "
+                        "by default such questions are skipped and counted as failed")
     p.set_defaults(func=handle)
 
 
@@ -31,7 +34,7 @@ def handle(args: argparse.Namespace) -> int:
     records, image_root, source = parse_data_spec(args.data)  # bad spec fails before the model loads
     summary = run_inference(
         load_predictor(args), records, args.out, image_root=image_root, source=source, batch_size=args.batch_size,
-        teacher_forced=args.teacher_forced, limit=args.limit,
+        teacher_forced=args.teacher_forced, limit=args.limit, allow_outside_root=args.allow_outside_root,
     )
     print(f"{summary.path}: {summary.written} written, {summary.resumed} already there, "
           f"{summary.failed} failed, {summary.total} questions")

@@ -26,9 +26,11 @@ from pixellm.errors import ConfigError, DataError, PixelLMError
 
 SKIP_REASONS: tuple[str, ...] = (
     "malformed_record",  # counted while reading the file (muse_samples / vqa_samples)
+    "unsafe_path",  # image name outside the image root (counted while reading, per question)
     "no_image",
     "missing_image",
     "unreadable_image",
+    "image_too_large",
     "size_mismatch",
     "bad_masks",
     "seg_count",
@@ -174,15 +176,17 @@ class SegmentationDataset(Dataset):
     @staticmethod
     def load(sample: Sample) -> tuple[Any, np.ndarray]:
         """``(PIL RGB image, masks [K, H, W])`` of a sample, checked; raises ``_Skip``."""
-        from PIL import Image
+        from pixellm.processing.image_processing import ImageNotFound, ImageTooLarge, load_image
 
         if not sample.image_path:
             raise _Skip("no_image", "record names no image")
         try:
-            with Image.open(sample.image_path) as im:
-                image = im.convert("RGB")  # decodes now, so a truncated file fails here
-        except FileNotFoundError as err:
+            # the loader of predict / infer / serve: same pixel limit, modes and EXIF orientation
+            image = load_image(sample.image_path)
+        except ImageNotFound as err:
             raise _Skip("missing_image", f"{sample.image_path}: no such file") from err
+        except ImageTooLarge as err:
+            raise _Skip("image_too_large", str(err)) from err
         except Exception as err:  # PIL raises several types for corrupt files
             raise _Skip("unreadable_image", f"{sample.image_path}: {err}") from err
         try:

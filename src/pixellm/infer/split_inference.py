@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pixellm.data.muse import MuseQuestion, iter_questions, load_muse
-from pixellm.errors import ConfigError, DataError, InputError, PixelLMError
+from pixellm.errors import ConfigError, DataError, InputError
 from pixellm.infer.generation import GenerationOptions
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def run_inference(
     limit: int | None = None,
     options: GenerationOptions | None = None,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> InferenceSummary:
     """Predict every question of a split into ``out`` (JSONL), resuming a previous run.
 
@@ -116,6 +117,8 @@ def run_inference(
         teacher_forced: masks from the ground-truth answer text (lines flagged
             ``"teacher_forced": true``) instead of generated answers.
         limit: only the first ``limit`` questions (in file order).
+        allow_outside_root: read image names that leave the image root (``../``, absolute);
+            by default such a question is skipped and counted as failed.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -127,7 +130,7 @@ def run_inference(
         records, image_root, source = parse_data_spec(data)
     else:
         records = list(data)
-    questions = list(iter_questions(records, image_root, source))
+    questions = list(iter_questions(records, image_root, source, allow_outside_root))
     if limit is not None:
         questions = questions[:limit]
     out = Path(out)
@@ -154,12 +157,13 @@ def run_inference(
 def _predict_chunk(
     predictor: Any, chunk: list[MuseQuestion], teacher_forced: bool, options: GenerationOptions | None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Lines for one batch; if an image is unreadable, retry one by one and skip the bad ones."""
-    try:
-        return _predict(predictor, chunk, teacher_forced, options), 0
-    except PixelLMError:
-        if len(chunk) == 1:
-            raise
+    """Lines for one batch; if a question is bad (unreadable image, too long ...), retry one by
+    one and skip the bad ones, counted: the same for a batch of one as for a batch of many."""
+    if len(chunk) > 1:
+        try:
+            return _predict(predictor, chunk, teacher_forced, options), 0
+        except (DataError, InputError):
+            pass
     lines, failed = [], 0
     for q in chunk:
         try:
@@ -174,6 +178,8 @@ def _predict(
     predictor: Any, chunk: list[MuseQuestion], teacher_forced: bool, options: GenerationOptions | None
 ) -> list[dict[str, Any]]:
     for q in chunk:
+        if q.image_error:
+            raise DataError(f"record {q.image_index}: {q.image_error}", path=q.source or None)
         if not q.image_path:
             raise DataError(f"record {q.image_index} has no 'file_name' or 'coco_url'", path=q.source or None)
     images = [q.image_path for q in chunk]
