@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,10 +96,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode.startswith("I;16") or mode == "I":
         arr = np.asarray(img).astype(np.float64)
         arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
     return img.convert("RGB")
@@ -117,8 +118,8 @@ def load_image(image: ImageInput, max_pixels: int | None = None) -> Image.Image:
         path = str(image)
         if not os.path.isfile(path):
             raise ImageNotFound("image file not found", path=path)
-        # PIL refuses images over 2x its own limit with DecompressionBombError before we can look;
-        # raise its limit to ours so that our check, with our message, decides.
+        # PIL refuses images over 2x its own limit inside open(), before we can look: raise its
+        # limit to ours when ours is higher, so that a configured higher limit really applies.
         Image.MAX_IMAGE_PIXELS = max(limit, Image.MAX_IMAGE_PIXELS or 0)
         try:
             with warnings.catch_warnings():
@@ -129,7 +130,12 @@ def load_image(image: ImageInput, max_pixels: int | None = None) -> Image.Image:
                     return to_rgb(ImageOps.exif_transpose(img))
         except DataError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except Image.DecompressionBombError as err:  # over 2x PIL's limit: refused inside open()
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            raise ImageTooLarge(f"image is too large ({size}; the limit is {limit:,}, set with "
+                                f"--max-image-pixels or {MAX_PIXELS_ENV})", path=path) from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=path) from err
     if isinstance(image, Image.Image):
         _check_pixels(image.width, image.height, limit, None)
