@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import time
 
@@ -157,3 +158,48 @@ def test_atomic_folder_keeps_old_content_on_error(tmp_path):
     with atomic_folder(final) as tmp:
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+
+
+# -- row 8: a prediction file records what it answers ---------------------------------------------
+
+
+def test_infer_refuses_a_file_written_for_other_data_model_or_settings(model_dir, tmp_path, capsys):
+    from pixellm.infer.split_inference import meta_path
+
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+
+    def split(name, questions):
+        rec = {"file_name": "a.png", "height": 30, "width": 40, "questions": questions,
+               "answers": [[] for _ in questions]}
+        path = tmp_path / name
+        path.write_text(json.dumps([rec]))
+        return path
+
+    val, test = split("val.json", ["q1", "q2"]), split("test.json", ["other 1", "other 2", "other 3"])
+    out = tmp_path / "pred.jsonl"
+
+    def infer(data, model=model_dir, *extra):
+        code = main(["infer", "--model", str(model), "--data", f"muse:{data}", "--out", str(out),
+                     "--max-new-tokens", "6", "--device", "cpu", *extra])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err.strip().splitlines()
+
+    assert infer(val)[0] == 0
+    record = json.loads(meta_path(out).read_text())
+    assert record["data"]["records"] == 1 and record["model"]["path"] == str(model_dir.resolve())
+    code, _, err = infer(test)  # today: "2 already there", keeping val's lines
+    assert code == 1 and len(err) == 1 and "holds predictions for other data" in err[0] and str(out) in err[0]
+    other = copy_model(model_dir, tmp_path)
+    save_random_predictor(other, answer=" a table [SEG]", seed=1)
+    capsys.readouterr()
+    code, _, err = infer(val, other)
+    assert code == 1 and len(err) == 1 and "other model" in err[0]
+    code, _, err = infer(val, model_dir, "--temperature", "0.7")
+    assert code == 1 and len(err) == 1 and "other decoding settings" in err[0]
+    code, printed, _ = infer(val)  # same data under another name, same model and settings: resumes
+    assert code == 0 and "0 written, 2 already there" in printed
+    moved = tmp_path / "moved"
+    shutil.copytree(model_dir, moved)  # the same weights in another folder
+    assert infer(val, moved)[0] == 0
+    assert len(out.read_text().splitlines()) == 2

@@ -93,6 +93,86 @@ def read_done(path: str | os.PathLike) -> set[tuple[int, int, bool]]:
     return done
 
 
+META_SUFFIX = ".meta.json"
+
+
+def meta_path(out: str | os.PathLike) -> Path:
+    """The file next to ``PRED.jsonl`` that records what it answers: ``PRED.jsonl.meta.json``."""
+    out = Path(out)
+    return out.with_name(out.name + META_SUFFIX)
+
+
+def run_record(
+    model_dir: str | os.PathLike | None, add_instruction: bool, records: Sequence[dict[str, Any]], source: str,
+    teacher_forced: bool, options: GenerationOptions | None,
+) -> dict[str, Any]:
+    """What a prediction file answers: the data (source name and a hash of every record's image,
+    size and questions), the model (folder and weights fingerprint) and the settings that change
+    the lines (instruction; decoding options for generated lines)."""
+    import hashlib
+    from dataclasses import asdict
+
+    from pixellm.files import model_fingerprint
+
+    digest = hashlib.sha256()
+    for rec in records:
+        key = [rec.get("file_name") or rec.get("coco_url"), rec.get("height"), rec.get("width"),
+               rec.get("questions")]
+        digest.update(json.dumps(key, sort_keys=True, ensure_ascii=False).encode())
+    out: dict[str, Any] = {
+        "format": 1,
+        "data": {"source": str(source), "records": len(records), "sha256": digest.hexdigest()[:16]},
+        "model": model_fingerprint(model_dir) if model_dir else None,
+        "settings": {"instruction": bool(add_instruction)},
+    }
+    if not teacher_forced:
+        out["generation"] = asdict(options or GenerationOptions())
+    return out
+
+
+def check_run_record(out: Path, record: dict[str, Any]) -> None:
+    """Refuse to append to a prediction file written for other data, model or settings (its
+    ``.meta.json``); write the record for a new file. One ``ConfigError`` line on a mismatch.
+
+    The data are compared by content (source names may differ between runs), the model by its
+    weights fingerprint (the folder may have moved). A file from before these records existed
+    is resumed with a warning (nothing to compare)."""
+    path = meta_path(out)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise DataError(f"unreadable run record ({err})", path=str(path)) from err
+        checks = [
+            ("data", (old.get("data") or {}).get("sha256"), record["data"]["sha256"],
+             (old.get("data") or {}).get("source"), record["data"]["source"]),
+            ("settings", old.get("settings"), record["settings"], old.get("settings"), record["settings"]),
+        ]
+        if old.get("model") and record["model"]:
+            checks.append(("model", old["model"].get("sha256"), record["model"]["sha256"],
+                           old["model"].get("path"), record["model"]["path"]))
+        if "generation" in record and "generation" in old:
+            checks.append(("decoding settings", old["generation"], record["generation"],
+                           old["generation"], record["generation"]))
+        for what, a, b, shown_a, shown_b in checks:
+            if a != b:
+                raise ConfigError(f"{out} holds predictions for other {what} (was {shown_a}, now {shown_b}); "
+                                  f"write to another --out, or delete it and {path.name} to start over")
+        if "generation" in record and "generation" not in old:
+            _write_json_atomic(path, {**old, "generation": record["generation"]})
+        return
+    if out.exists() and out.stat().st_size > 0:
+        logger.warning("%s has no %s: cannot check that it answers the same data and model", out, path.name)
+    _write_json_atomic(path, record)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def run_inference(
     predictor: Any,
     data: str | Sequence[dict[str, Any]],
@@ -135,6 +215,9 @@ def run_inference(
         questions = questions[:limit]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_run_record(out, run_record(
+        predictor.model_dir, predictor.add_instruction, records, source, teacher_forced, options or predictor.options
+    ))
     done = read_done(out)
     todo = [q for q in questions if (q.image_index, q.question_index, teacher_forced) not in done]
     summary = InferenceSummary(str(out), len(questions), 0, len(questions) - len(todo), 0)
