@@ -77,9 +77,21 @@ def run_muse(args: argparse.Namespace) -> int:
         _parts(args), args.judge, judge_options=options, details=args.details, progress=not args.quiet
     )
     print(format_table(metrics))
+    warn_missing(metrics)
     if args.out:
         write_metrics(metrics, args.out)
     return 0
+
+
+def warn_missing(metrics: dict[str, Any]) -> None:
+    """A warning line when questions had no prediction line (scored as empty answers): an empty
+    or partial prediction file otherwise looks like a real gIoU of 0."""
+    import sys
+
+    missing, total = int(metrics.get("missing", 0)), int(metrics.get("samples", 0))
+    if missing:
+        print(f"warning: {missing} of {total} questions have no prediction (scored as answered with no "
+              "masks); is the prediction file complete and for this ground truth?", file=sys.stderr)
 
 
 def run_refer(args: argparse.Namespace) -> int:
@@ -88,6 +100,7 @@ def run_refer(args: argparse.Namespace) -> int:
 
     metrics = evaluate_refer_splits(_parts(args), progress=not args.quiet)
     print(format_table(metrics))
+    warn_missing(metrics)
     if args.out:
         write_metrics(metrics, args.out)
     return 0

@@ -181,7 +181,7 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path=path) from err
+        raise DataError(f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path) from err
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason})", path=path) from err
 

@@ -79,7 +79,8 @@ def read_prediction_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
             try:
                 out.append((n, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON ({err.msg})", path=path, record=f"line {n}") from err
+                raise DataError(f"not valid JSON ({err.msg} at column {err.colno})", path=path,
+                                record=f"line {n}") from err
     return out
 
 
