@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pixellm.data.masks import decode_segmentation
+from pixellm.data.masks import decode_segmentation, segmentation_rle
 from pixellm.data.prompts import answer_from_descriptions, with_instruction
 from pixellm.data.sample import SEG_PLACEHOLDER, Sample
 from pixellm.errors import DataError
@@ -77,6 +77,21 @@ class MuseQuestion:
             self.source or None,
             f"image {self.image_index} question {self.question_index}",
         )
+
+    def target_rles(self) -> list[dict[str, Any]]:
+        """The targets' masks as checked pycocotools RLE dicts, no pixels decoded (evaluation
+        works on run lengths). ``DataError`` naming the file, question and target."""
+        out = []
+        for i, ann in enumerate(self.targets):
+            try:
+                if not isinstance(ann, dict):
+                    raise DataError(f"target must be an annotation object, got {type(ann).__name__}")
+                out.append(segmentation_rle(ann["segmentation"], self.height, self.width))
+            except (DataError, KeyError) as err:
+                detail = "missing field 'segmentation'" if isinstance(err, KeyError) else str(err)
+                where = f"image {self.image_index} question {self.question_index}"
+                raise DataError(f"{where} target {i}: {detail}", path=self.source or None) from err
+        return out
 
     def descriptions(self) -> list[str]:
         """Text description of each target (``rephrased_name`` if present, else the category)."""
