@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     muse.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per request (default 60)")
     muse.add_argument("--judge-retries", type=int, default=5, help="retries with back-off (default 5)")
     muse.add_argument("--details", action="store_true", help="add per-sample results to the metrics JSON")
+    muse.add_argument(
+        "--protocol", dest="muse_protocol", choices=["muse", "authors"], default="muse",
+        help="muse: the paper's protocol (default); authors: the arithmetic of the authors' released "
+             "evaluation code, to compare with published numbers (docs/evaluation.md lists the differences)",
+    )
     muse.set_defaults(func=run_muse)
 
     refer = sub.add_parser("refer", help="ordered gIoU/cIoU (i-th mask vs i-th target), N-acc/T-acc")
@@ -73,13 +78,30 @@ def run_muse(args: argparse.Namespace) -> int:
             "timeout": args.judge_timeout,
             "retries": args.judge_retries,
         }
-    metrics = evaluate_muse_splits(
-        _parts(args), args.judge, judge_options=options, details=args.details, progress=not args.quiet
-    )
+    if args.muse_protocol == "authors":
+        from pixellm.eval.authors_protocol import evaluate_muse_authors
+
+        metrics = evaluate_muse_authors(_parts(args), details=args.details)  # no judge in their code
+    else:
+        metrics = evaluate_muse_splits(
+            _parts(args), args.judge, judge_options=options, details=args.details, progress=not args.quiet
+        )
     print(format_table(metrics))
+    warn_missing(metrics)
     if args.out:
         write_metrics(metrics, args.out)
     return 0
+
+
+def warn_missing(metrics: dict[str, Any]) -> None:
+    """A warning line when questions had no prediction line (scored as empty answers): an empty
+    or partial prediction file otherwise looks like a real gIoU of 0."""
+    import sys
+
+    missing, total = int(metrics.get("missing", 0)), int(metrics.get("samples", 0))
+    if missing:
+        print(f"warning: {missing} of {total} questions have no prediction (scored as answered with no "
+              "masks); is the prediction file complete and for this ground truth?", file=sys.stderr)
 
 
 def run_refer(args: argparse.Namespace) -> int:
@@ -88,6 +110,7 @@ def run_refer(args: argparse.Namespace) -> int:
 
     metrics = evaluate_refer_splits(_parts(args), progress=not args.quiet)
     print(format_table(metrics))
+    warn_missing(metrics)
     if args.out:
         write_metrics(metrics, args.out)
     return 0

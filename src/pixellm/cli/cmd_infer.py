@@ -21,17 +21,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-forced", action="store_true",
                    help="masks from the ground-truth answer text instead of generated answers")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read image names that leave the image root (../ or absolute paths); "
+                        "by default such questions are skipped and counted as failed")
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pixellm.infer.cli_args import load_predictor
-    from pixellm.infer.split_inference import parse_data_spec, run_inference
+    from pathlib import Path
+
+    from pixellm.files import check_model_folder
+    from pixellm.infer.cli_args import generation_options, load_predictor
+    from pixellm.infer.split_inference import check_run_record, parse_data_spec, run_inference, run_record
 
     records, image_root, source = parse_data_spec(args.data)  # bad spec fails before the model loads
+    # an --out written for other data / model / settings fails before the model loads too
+    check_model_folder(args.model)
+    check_run_record(Path(args.out), run_record(
+        args.model, not args.no_instruction, records, source, args.teacher_forced, generation_options(args)
+    ))
     summary = run_inference(
         load_predictor(args), records, args.out, image_root=image_root, source=source, batch_size=args.batch_size,
-        teacher_forced=args.teacher_forced, limit=args.limit,
+        teacher_forced=args.teacher_forced, limit=args.limit, allow_outside_root=args.allow_outside_root,
     )
     print(f"{summary.path}: {summary.written} written, {summary.resumed} already there, "
           f"{summary.failed} failed, {summary.total} questions")

@@ -23,8 +23,9 @@ def handle(args: argparse.Namespace) -> int:
 
     from pixellm.infer.cli_args import load_predictor
     from pixellm.infer.outputs import prediction_json, write_prediction
-    from pixellm.processing.image_processing import load_image
+    from pixellm.processing.image_processing import load_image, set_max_image_pixels
 
+    set_max_image_pixels(args.max_image_pixels)
     image = load_image(args.image)  # fail fast (one-line error) before loading the model
     result = load_predictor(args)(image, args.question)
     if args.out:

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (width*height)")
+    p.add_argument("--max-pixels", type=int, dest="max_image_pixels",
+                   help="same as --max-image-pixels (kept for older scripts)")
     p.set_defaults(func=handle)
 
 
@@ -28,6 +29,5 @@ def handle(args: argparse.Namespace) -> int:
     from pixellm.infer.cli_args import load_predictor
     from pixellm.serve.app import serve
 
-    serve(load_predictor(args), host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_pixels=args.max_pixels)
+    serve(load_predictor(args), host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
     return 0

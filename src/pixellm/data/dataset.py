@@ -26,9 +26,11 @@ from pixellm.errors import ConfigError, DataError, PixelLMError
 
 SKIP_REASONS: tuple[str, ...] = (
     "malformed_record",  # counted while reading the file (muse_samples / vqa_samples)
+    "unsafe_path",  # image name outside the image root (counted while reading, per question)
     "no_image",
     "missing_image",
     "unreadable_image",
+    "image_too_large",
     "size_mismatch",
     "bad_masks",
     "seg_count",
@@ -74,15 +76,77 @@ def skip_counts(counts: Mapping[str, int] | None = None, skips: Iterable[Skip] =
     return total
 
 
-def skipped_report(counts: Mapping[str, int]) -> str:
-    """One line: ``skipped 3 samples: missing_image 2, seg_count 1`` (or ``skipped 0 samples``).
+def skipped_report(counts: Mapping[str, int], replacements: int | None = None) -> str:
+    """One line: ``skipped 3 samples: missing_image 2, seg_count 1`` (or ``skipped 0 samples``),
+    plus ``; 41 replacements`` when ``replacements`` is given.
 
     Reasons in ``SKIP_REASONS`` order; unknown keys (e.g. from an older checkpoint) at the end.
     """
     order = [r for r in SKIP_REASONS if counts.get(r)] + sorted(k for k in counts if k not in SKIP_REASONS)
     total = sum(int(v) for v in counts.values())
     detail = ", ".join(f"{r} {int(counts[r])}" for r in order if counts[r])
-    return f"skipped {total} samples" + (f": {detail}" if detail else "")
+    line = f"skipped {total} samples" + (f": {detail}" if detail else "")
+    if replacements is not None:
+        line += f"; {int(replacements)} replacements"
+    return line
+
+
+class SkipTally:
+    """Bad samples of a training run: each distinct sample once, and the replacements apart.
+
+    A bad sample is met again every epoch and by every item whose own sample was bad just before
+    it (replacement walks to the next sample), so counting :class:`Skip` objects overstates how
+    many samples are bad (41 replacements for 16 bad samples). ``distinct()`` counts each
+    ``(reason, where)`` once; ``replacements`` counts every replacement.
+
+    Args:
+        read_counts: per reason, samples skipped while reading the files (each counted once).
+    """
+
+    def __init__(self, read_counts: Mapping[str, int] | None = None) -> None:
+        self.read: Counter = Counter({k: int(v) for k, v in (read_counts or {}).items()})
+        self.bad: set[tuple[str, str]] = set()
+        self.replacements: Counter = Counter()
+
+    def add(self, skips: Iterable[Skip]) -> None:
+        for s in skips:
+            self.bad.add((s.reason, s.where))
+            self.replacements[s.reason] += 1
+
+    def merge(self, other: SkipTally) -> SkipTally:
+        out = SkipTally(self.read + other.read)
+        out.bad = self.bad | other.bad
+        out.replacements = self.replacements + other.replacements
+        return out
+
+    def distinct(self) -> Counter:
+        """Distinct bad samples per reason (read-time skips included)."""
+        total = Counter(self.read)
+        total.update(reason for reason, _ in self.bad)
+        return total
+
+    def report(self) -> str:
+        return skipped_report(self.distinct(), sum(self.replacements.values()))
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able state (checkpoints, ``skipped.json``)."""
+        return {
+            "read": dict(self.read),
+            "bad_samples": sorted([r, w] for r, w in self.bad),
+            "replacements": dict(self.replacements),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> SkipTally:
+        """Inverse of :meth:`to_state`; a plain ``{reason: count}`` (older checkpoints) becomes
+        read-time counts, since the samples behind it are unknown."""
+        state = dict(state or {})
+        if "bad_samples" not in state:
+            return cls({k: v for k, v in state.items() if isinstance(v, int)})
+        out = cls(state.get("read"))
+        out.bad = {(str(r), str(w)) for r, w in state["bad_samples"]}
+        out.replacements = Counter({k: int(v) for k, v in state.get("replacements", {}).items()})
+        return out
 
 
 class SegmentationDataset(Dataset):
@@ -174,15 +238,17 @@ class SegmentationDataset(Dataset):
     @staticmethod
     def load(sample: Sample) -> tuple[Any, np.ndarray]:
         """``(PIL RGB image, masks [K, H, W])`` of a sample, checked; raises ``_Skip``."""
-        from PIL import Image
+        from pixellm.processing.image_processing import ImageNotFound, ImageTooLarge, load_image
 
         if not sample.image_path:
             raise _Skip("no_image", "record names no image")
         try:
-            with Image.open(sample.image_path) as im:
-                image = im.convert("RGB")  # decodes now, so a truncated file fails here
-        except FileNotFoundError as err:
+            # the loader of predict / infer / serve: same pixel limit, modes and EXIF orientation
+            image = load_image(sample.image_path)
+        except ImageNotFound as err:
             raise _Skip("missing_image", f"{sample.image_path}: no such file") from err
+        except ImageTooLarge as err:
+            raise _Skip("image_too_large", str(err)) from err
         except Exception as err:  # PIL raises several types for corrupt files
             raise _Skip("unreadable_image", f"{sample.image_path}: {err}") from err
         try:

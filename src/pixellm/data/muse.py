@@ -12,6 +12,7 @@ malformed record raises a ``DataError`` naming the file and record).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from collections import Counter
@@ -23,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from pixellm.data.masks import decode_segmentation
+from pixellm.data.masks import decode_segmentation, segmentation_rle
 from pixellm.data.prompts import answer_from_descriptions, with_instruction
 from pixellm.data.sample import SEG_PLACEHOLDER, Sample
 from pixellm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SEG_PLACEHOLDER",
@@ -39,6 +42,8 @@ __all__ = [
     "resolve_image_path",
     "save_muse",
     "target_description",
+    "UnsafePathError",
+    "join_under_root",
     "validate_record",
 ]
 
@@ -57,6 +62,7 @@ class MuseQuestion:
     image_path: str | None
     source: str = ""
     record: dict[str, Any] = field(default_factory=dict, repr=False)
+    image_error: str | None = None  # why ``image_path`` is None (e.g. a name outside the root)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -71,6 +77,21 @@ class MuseQuestion:
             self.source or None,
             f"image {self.image_index} question {self.question_index}",
         )
+
+    def target_rles(self) -> list[dict[str, Any]]:
+        """The targets' masks as checked pycocotools RLE dicts, no pixels decoded (evaluation
+        works on run lengths). ``DataError`` naming the file, question and target."""
+        out = []
+        for i, ann in enumerate(self.targets):
+            try:
+                if not isinstance(ann, dict):
+                    raise DataError(f"target must be an annotation object, got {type(ann).__name__}")
+                out.append(segmentation_rle(ann["segmentation"], self.height, self.width))
+            except (DataError, KeyError) as err:
+                detail = "missing field 'segmentation'" if isinstance(err, KeyError) else str(err)
+                where = f"image {self.image_index} question {self.question_index}"
+                raise DataError(f"{where} target {i}: {detail}", path=self.source or None) from err
+        return out
 
     def descriptions(self) -> list[str]:
         """Text description of each target (``rephrased_name`` if present, else the category)."""
@@ -125,8 +146,39 @@ def target_description(ann: dict[str, Any]) -> str:
     return str(ann.get("rephrased_name") or ann.get("category_name") or "object")
 
 
-def resolve_image_path(record: dict[str, Any], image_root: str | os.PathLike | None) -> str | None:
-    """Image path of a record: ``file_name`` (relative to ``image_root``) or a COCO ``coco_url``."""
+class UnsafePathError(DataError):
+    """An image name that leaves the image root (absolute, or ``..`` above it)."""
+
+
+def join_under_root(
+    root: str | os.PathLike | None, name: str, allow_outside_root: bool = False
+) -> str:
+    """``root / name``, refusing names that would read outside ``root``.
+
+    Data files come from elsewhere; a ``file_name`` such as ``../../home/me/.ssh/id.png`` or
+    ``/etc/...`` must not make training or inference read arbitrary files. The check is lexical
+    (``..`` and absolute paths), so symbolic links inside the root (a common data layout) keep
+    working. ``allow_outside_root`` (``infer --allow-outside-root``, data source option
+    ``allow_outside_root``) turns it off. Without a root there is nothing to escape.
+    """
+    path = Path(name)
+    if root is None:
+        return str(path)
+    joined = os.path.normpath(os.path.join(root, name))
+    base = os.path.normpath(root)
+    inside = not path.is_absolute() and (joined == base or joined.startswith(base.rstrip(os.sep) + os.sep))
+    if not inside and not allow_outside_root:
+        raise UnsafePathError(f"image name {name!r} points outside the image root {str(root)!r}")
+    return str(path) if path.is_absolute() else str(Path(root) / path)
+
+
+def resolve_image_path(
+    record: dict[str, Any], image_root: str | os.PathLike | None, allow_outside_root: bool = False
+) -> str | None:
+    """Image path of a record: ``file_name`` (relative to ``image_root``) or a COCO ``coco_url``.
+
+    Raises ``UnsafePathError`` when the name leaves ``image_root`` (see :func:`join_under_root`).
+    """
     name = record.get("file_name")
     if not name and record.get("coco_url"):
         url = str(record["coco_url"])  # .../train2017/000000xxxx.jpg -> train2017/000000xxxx.jpg
@@ -134,10 +186,7 @@ def resolve_image_path(record: dict[str, Any], image_root: str | os.PathLike | N
         name = "/".join(parts[-2:])
     if not name:
         return None
-    path = Path(name)
-    if not path.is_absolute() and image_root is not None:
-        path = Path(image_root) / path
-    return str(path)
+    return join_under_root(image_root, str(name), allow_outside_root)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -147,7 +196,7 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path=path) from err
+        raise DataError(f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path) from err
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason})", path=path) from err
 
@@ -182,6 +231,7 @@ def muse_samples(
     image_root: str | os.PathLike | None = None,
     rng: random.Random | None = None,
     source: str | None = None,
+    allow_outside_root: bool = False,
 ) -> tuple[list[Sample], Counter]:
     """Training ``Sample``s of a MUSE-format file, one per question.
 
@@ -189,6 +239,8 @@ def muse_samples(
     ``malformed_record`` in the returned counter (the dataset reports it); per-question
     problems (bad masks, ``{seg}`` count) surface later, when the sample is loaded.
     ``image_root`` defaults to the JSON file's folder. ``rng`` picks instruction paraphrases.
+    A record whose image name leaves the root is skipped (``unsafe_path``, one per question)
+    and logged with its record number, unless ``allow_outside_root``.
     """
     path = str(path)
     records = read_json_list(path)
@@ -207,7 +259,14 @@ def muse_samples(
         index.append(i)
     samples = []
     for rec_pos, rec in zip(index, good):
-        for q in _iter_record(rec, rec_pos, resolve_image_path(rec, root), name):
+        try:
+            image_path = resolve_image_path(rec, root, allow_outside_root)
+        except UnsafePathError as err:
+            n = len(rec["questions"])
+            logger.warning("%s: record %d: %s; skipping its %d question(s)", path, rec_pos, err, n)
+            skipped["unsafe_path"] += n
+            continue
+        for q in _iter_record(rec, rec_pos, image_path, name):
             samples.append(q.to_sample(rng))
     return samples, skipped
 
@@ -249,14 +308,24 @@ def validate_record(rec: Any, path: str, index: int) -> None:
 
 
 def iter_questions(
-    records: list[dict[str, Any]], image_root: str | os.PathLike | None = None, source: str = ""
+    records: list[dict[str, Any]],
+    image_root: str | os.PathLike | None = None,
+    source: str = "",
+    allow_outside_root: bool = False,
 ) -> Iterator[MuseQuestion]:
-    """Every question of every record, in file order."""
+    """Every question of every record, in file order. A record whose image name leaves
+    ``image_root`` gets ``image_path=None`` and the reason in ``image_error``."""
     for i, rec in enumerate(records):
-        yield from _iter_record(rec, i, resolve_image_path(rec, image_root), source)
+        try:
+            image_path, error = resolve_image_path(rec, image_root, allow_outside_root), None
+        except UnsafePathError as err:
+            image_path, error = None, str(err)
+        yield from _iter_record(rec, i, image_path, source, error)
 
 
-def _iter_record(rec: dict[str, Any], i: int, image_path: str | None, source: str) -> Iterator[MuseQuestion]:
+def _iter_record(
+    rec: dict[str, Any], i: int, image_path: str | None, source: str, image_error: str | None = None
+) -> Iterator[MuseQuestion]:
     texts = rec.get("text_answers") or [None] * len(rec["questions"])
     for q, (question, targets, text) in enumerate(zip(rec["questions"], rec["answers"], texts)):
         yield MuseQuestion(
@@ -270,4 +339,5 @@ def _iter_record(rec: dict[str, Any], i: int, image_path: str | None, source: st
             image_path=image_path,
             source=source,
             record=rec,
+            image_error=image_error,
         )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 from pixellm.data.sample import SEG_PLACEHOLDER
@@ -55,10 +56,21 @@ def answer_from_descriptions(descriptions: Sequence[str]) -> str:
 
 
 def multi_refer_question(names: Sequence[str]) -> str:
-    """Supplement C.3 question: "Please segment the {a}, {b} and {c} in the image."."""
+    """Supplement C.3 question: "Please segment the {a}, {b} and {c} in the image.".
+
+    Referring expressions often carry their own article ("the left person"): then the
+    template's "the" is left out, so the question never reads "segment the the left person".
+    """
     if not names:
         raise ValueError("a multi-referring question needs at least one name")
-    return f"Please segment the {join_words(names)} in the image."
+    article = "" if _DETERMINER.match(names[0]) else "the "
+    return f"Please segment {article}{join_words(names)} in the image."
+
+
+_DETERMINER = re.compile(
+    r"^\s*(the|a|an|this|that|these|those|his|her|its|their|my|your|our|each|every|both|some|any)\s+\S",
+    re.IGNORECASE,
+)
 
 
 def multi_refer_answer(names: Sequence[str]) -> str:

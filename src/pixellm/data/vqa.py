@@ -8,15 +8,18 @@ human/gpt turn pair becomes one ``Sample`` (the processor places the image itsel
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pixellm.data.muse import read_json_list
+from pixellm.data.muse import join_under_root, read_json_list
 from pixellm.data.sample import Sample, no_masks
 from pixellm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 _IMAGE_TOKEN_RE = re.compile(r"\s*<image>\s*")
@@ -57,11 +60,13 @@ def vqa_samples(
     image_root: str | os.PathLike | None = None,
     turns: str = "all",
     source: str = "vqa",
+    allow_outside_root: bool = False,
 ) -> tuple[list[Sample], Counter]:
     """Samples of a LLaVA-Instruct JSON file, one per turn pair (``turns="first"``: first only).
 
     Records without an ``image`` are text-only and skipped, as are malformed ones; both are
-    counted in the returned counter (``no_image``, ``malformed_record``).
+    counted in the returned counter (``no_image``, ``malformed_record``; ``unsafe_path`` for an
+    image name outside ``image_root``, unless ``allow_outside_root``).
     ``image_root`` defaults to the JSON file's folder.
     """
     if turns not in ("all", "first"):
@@ -79,7 +84,12 @@ def vqa_samples(
         if not rec.get("image"):
             skipped["no_image"] += 1
             continue
-        image_path = str(root / str(rec["image"]))
+        try:
+            image_path = join_under_root(root, str(rec["image"]), allow_outside_root)
+        except DataError as err:
+            logger.warning("%s: record %d: %s; skipped", path, i, err)
+            skipped["unsafe_path"] += len(pairs[:1] if turns == "first" else pairs)
+            continue
         for t, (question, answer) in enumerate(pairs[:1] if turns == "first" else pairs):
             samples.append(
                 Sample(

@@ -171,8 +171,22 @@ def match_binary(
     g, k = gt.shape[0], pred.shape[0]
     n = int(np.prod(gt.shape[1:] if g else pred.shape[1:])) if (g or k) else 0
     inter, gt_area, pred_area = pair_counts(gt, pred)
-    cost = _padded_costs(inter, gt_area, pred_area, n, scores, eps)
-    return hungarian(cost), inter, gt_area, pred_area, cost
+    perm, cost = match_counts(inter, gt_area, pred_area, n, scores, eps)
+    return perm, inter, gt_area, pred_area, cost
+
+
+def match_counts(
+    inter: np.ndarray,
+    gt_area: np.ndarray,
+    pred_area: np.ndarray,
+    n_pixels: int,
+    scores: np.ndarray | None = None,
+    eps: float = EPS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(perm, cost)`` of :func:`match_binary` from the integer statistics alone (intersections
+    ``[G, K]``, areas ``[G]``, ``[K]``, pixel count), e.g. computed from run lengths."""
+    cost = _padded_costs(inter, gt_area, pred_area, n_pixels, scores, eps)
+    return hungarian(cost), cost
 
 
 def match_soft(gt: np.ndarray, probs: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:

@@ -18,16 +18,17 @@ GT target-count bucket.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.special import expit
 
+from pixellm.data.masks import rle_run_lengths, run_pair_counts
 from pixellm.data.muse import MuseQuestion, iter_questions
 from pixellm.eval.judges.base import Judge, JudgeItem, make_judge
-from pixellm.eval.matching import EPS, match_binary, match_soft, pair_counts
+from pixellm.eval.matching import EPS, match_binary, match_counts, match_soft, pair_counts
 from pixellm.eval.predictions import (
     GENERATED,
     TEACHER_FORCED,
@@ -135,13 +136,21 @@ def match_masks(
     Costs use ``mask_logits`` (``[K, H, W]``, sigmoid probabilities) when given, else the binary
     masks with ``mask_scores`` as foreground probability (see ``matching.py``).
     """
-    g, k = gt.shape[0], pred.shape[0]
+    k = pred.shape[0]
     if mask_logits is not None and k:
         probs = expit(np.asarray(mask_logits, dtype=np.float64))  # overflow-safe sigmoid
         perm, _ = match_soft(gt, probs, eps)
         inter, gt_area, pred_area = pair_counts(gt, pred)
     else:
         perm, inter, gt_area, pred_area, _ = match_binary(gt, pred, mask_scores, eps)
+    return matching_from_perm(perm, inter, gt_area, pred_area)
+
+
+def matching_from_perm(
+    perm: np.ndarray, inter: np.ndarray, gt_area: np.ndarray, pred_area: np.ndarray
+) -> Matching:
+    """The :class:`Matching` of an assignment ``perm`` (GT slot -> prediction slot, padded)."""
+    g, k = len(gt_area), len(pred_area)
     matched: list[int | None] = [None] * k
     unmatched_gt = []
     for i, j in enumerate(perm):
@@ -191,17 +200,80 @@ def gt_boxes(question: MuseQuestion, masks: np.ndarray) -> list[list[float]]:
     return boxes
 
 
+class LazyBoxes(Sequence):
+    """GT boxes computed on first use: the oracle judge never looks at them."""
+
+    def __init__(self, compute: Callable[[], list[list[float]]]) -> None:
+        self._compute = compute
+        self._boxes: list[list[float]] | None = None
+
+    def _get(self) -> list[list[float]]:
+        if self._boxes is None:
+            self._boxes = self._compute()
+        return self._boxes
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self._get()) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
+def rle_boxes(question: MuseQuestion, rles: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """:func:`gt_boxes` from RLEs (``bbox`` field first, else the mask's box; no decoding)."""
+    from pycocotools import mask as mask_utils
+
+    boxes = []
+    for ann, rle in zip(question.targets, rles):
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
+            bbox = mask_utils.toBbox(rle).tolist()  # [x, y, w, h]; zeros for an empty mask
+        x, y, w, h = (float(v) for v in bbox)
+        boxes.append([x, y, x + w, y + h])
+    return boxes
+
+
 def evaluate_question(
-    question: MuseQuestion, pred: Prediction, judge: Judge, split: str = "", missing: bool = False
+    question: MuseQuestion,
+    pred: Prediction,
+    judge: Judge,
+    split: str = "",
+    missing: bool = False,
+    decode: bool = False,
 ) -> SampleResult:
-    """Steps 1-4 for one question (decodes its GT and predicted masks, then frees them)."""
-    gt = question.target_masks()
-    masks = pred.decode_masks(question.height, question.width)
-    m = match_masks(gt, masks, pred.mask_scores, pred.mask_logits)
+    """Steps 1-4 for one question.
+
+    Binary predictions stored as RLE (``PRED.jsonl``) are matched on exact intersections and
+    areas computed from the run lengths, with no pixel decoded; predictions with per-pixel
+    logits (in memory) or bool arrays use the decoded masks. Both give the same integers, so
+    the same metrics. GT boxes are computed only if the judge reads them. ``decode=True``
+    forces the decoded-pixel path (benchmarks and tests compare the two).
+    """
+    height, width = question.height, question.width
+    if not decode and pred.mask_logits is None and not isinstance(pred.masks, np.ndarray):
+        rles = question.target_rles()
+        inter, gt_area, pred_area = run_pair_counts(
+            [rle_run_lengths(r["counts"]) for r in rles], pred.mask_runs(height, width)
+        )
+        perm, _ = match_counts(inter, gt_area, pred_area, height * width, pred.mask_scores)
+        m = matching_from_perm(perm, inter, gt_area, pred_area)
+        boxes = LazyBoxes(lambda: rle_boxes(question, rles))
+    else:
+        gt = question.target_masks()
+        masks = pred.decode_masks(height, width)
+        m = match_masks(gt, masks, pred.mask_scores, pred.mask_logits)
+        boxes = LazyBoxes(lambda: gt_boxes(question, gt))
+    num_gt, num_pred = len(m.gt_area), len(m.matched)
     descriptions = question.descriptions()
     matched_desc = [None if g is None else descriptions[g] for g in m.matched]
     rewritten = rewrite_answer(pred.answer, matched_desc)
-    if masks.shape[0]:
+    if num_pred:
         item = JudgeItem(
             key=question.key,
             question=question.question,
@@ -209,9 +281,9 @@ def evaluate_question(
             rewritten=rewritten,
             matched=m.matched,
             descriptions=descriptions,
-            boxes=gt_boxes(question, gt),
-            height=question.height,
-            width=question.width,
+            boxes=boxes,
+            height=height,
+            width=width,
             caption=question.record.get("caption"),
             names=[str(t.get("category_name") or "") for t in question.targets],
         )
@@ -227,8 +299,8 @@ def evaluate_question(
         key=question.key,
         split=split,
         mode=pred.mode,
-        num_gt=gt.shape[0],
-        num_pred=masks.shape[0],
+        num_gt=num_gt,
+        num_pred=num_pred,
         pairs=protocol_pairs(m, scores),
         missing=missing,
         answer=pred.answer,
@@ -273,7 +345,12 @@ def report(samples: Sequence[SampleResult], details: bool = False) -> dict[str, 
 
 
 def collect_samples(
-    gt: GtSource, predictions: PredSource, judge: Judge, split: str | None = None, progress: bool = False
+    gt: GtSource,
+    predictions: PredSource,
+    judge: Judge,
+    split: str | None = None,
+    progress: bool = False,
+    decode: bool = False,
 ) -> list[SampleResult]:
     """Evaluate every GT question for every prediction mode present (missing lines = empty answers).
 
@@ -293,7 +370,7 @@ def collect_samples(
             missing = pred is None
             pred = pred or empty_prediction(*q.key, teacher_forced=tf)
             name = str(q.record.get("split") or default_split)
-            results.append(evaluate_question(q, pred, judge, name, missing))
+            results.append(evaluate_question(q, pred, judge, name, missing, decode))
     return results
 
 
@@ -306,6 +383,7 @@ def evaluate_muse(
     judge_options: dict[str, Any] | None = None,
     details: bool = False,
     progress: bool = False,
+    decode: bool = False,
 ) -> dict[str, Any]:
     """MUSE protocol metrics for one GT file (path or list of records) and its predictions.
 
@@ -315,7 +393,8 @@ def evaluate_muse(
     same plus ``splits`` and ``buckets`` tables.
     """
     return evaluate_muse_splits(
-        [(gt, predictions, split)], judge, judge_options=judge_options, details=details, progress=progress
+        [(gt, predictions, split)], judge, judge_options=judge_options, details=details, progress=progress,
+        decode=decode,
     )
 
 
@@ -326,13 +405,14 @@ def evaluate_muse_splits(
     judge_options: dict[str, Any] | None = None,
     details: bool = False,
     progress: bool = False,
+    decode: bool = False,
 ) -> dict[str, Any]:
     """Like ``evaluate_muse`` over several (GT, predictions, split name) parts, e.g. val + test_less."""
     own = isinstance(judge, str)
     judge_obj = make_judge(judge, **(judge_options or {})) if isinstance(judge, str) else judge
     try:
         samples = [
-            s for gt, pred, split in parts for s in collect_samples(gt, pred, judge_obj, split, progress)
+            s for gt, pred, split in parts for s in collect_samples(gt, pred, judge_obj, split, progress, decode)
         ]
     finally:
         if own:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pixellm.data.masks import decode_rle
+from pixellm.data.masks import check_rle_counts, decode_rle
 from pixellm.errors import DataError
 
 SEG_MARKER = "[SEG]"
@@ -63,6 +63,21 @@ class Prediction:
         return out
 
 
+    def mask_runs(self, height: int, width: int) -> list[np.ndarray]:
+        """Checked run lengths of each RLE mask (no pixels decoded); ``DataError`` naming the line."""
+        out = []
+        for i, rle in enumerate(self.masks):
+            try:
+                out.append(check_rle_counts(_counts_bytes(rle["counts"]), height, width))
+            except DataError as err:
+                raise DataError(f"masks[{i}]: {err}", path=self.source, record=f"line {self.line}") from err
+        return out
+
+
+def _counts_bytes(counts: str | bytes) -> bytes:
+    return counts.encode() if isinstance(counts, str) else bytes(counts)
+
+
 def empty_prediction(image: int, question: int, teacher_forced: bool = False) -> Prediction:
     """The stand-in for a question without a prediction line: no text, no masks."""
     return Prediction(image, question, "", [], None, None, teacher_forced, 0, "<missing>")
@@ -79,7 +94,8 @@ def read_prediction_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
             try:
                 out.append((n, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON ({err.msg})", path=path, record=f"line {n}") from err
+                raise DataError(f"not valid JSON ({err.msg} at column {err.colno})", path=path,
+                                record=f"line {n}") from err
     return out
 
 

@@ -17,8 +17,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
+    add_pixel_limit_arg(parser)
     parser.add_argument("--no-instruction", action="store_true",
                         help="do not append 'Please respond with segmentation mask.' to questions")
+
+
+def add_pixel_limit_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels``: the one pixel limit of every command (image_processing.max_image_pixels)."""
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                        help="refuse images with more than N pixels, checked before decoding "
+                             "(default: $PIXELLM_MAX_IMAGE_PIXELS or 40,000,000)")
 
 
 def generation_options(args: argparse.Namespace) -> Any:
@@ -36,7 +44,9 @@ def load_predictor(args: argparse.Namespace) -> Any:
     import torch
 
     from pixellm.infer.predictor import Predictor
+    from pixellm.processing.image_processing import set_max_image_pixels
 
+    set_max_image_pixels(getattr(args, "max_image_pixels", None))
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

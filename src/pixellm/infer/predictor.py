@@ -105,6 +105,7 @@ class Predictor:
         self.processor = processor
         self.options = options or GenerationOptions()
         self.add_instruction = add_instruction
+        self.model_dir: str | None = None  # set by from_pretrained (recorded by ``infer``)
 
     @classmethod
     def from_pretrained(
@@ -115,26 +116,69 @@ class Predictor:
         **kwargs: Any,
     ) -> Predictor:
         """Load model + processor saved in one folder (``save_pretrained`` of both)."""
+        from pixellm.files import check_model_folder
         from pixellm.model.modeling_pixellm import PixelLMForCausalLM
         from pixellm.processing.processing_pixellm import PixelLMProcessor
 
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory}: model folder not found")
+        check_model_folder(directory)  # before building anything: no silent default config
+        if device is not None:
+            device = check_device(device)
         load_kwargs = {"dtype": dtype} if dtype is not None else {}
         model = PixelLMForCausalLM.from_pretrained(str(directory), **load_kwargs)
         if device is not None:
             model = model.to(device)
-        return cls(model, PixelLMProcessor.from_pretrained(directory), **kwargs)
+        predictor = cls(model, PixelLMProcessor.from_pretrained(directory), **kwargs)
+        predictor.model_dir = str(directory)
+        return predictor
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     # -- prompts ---------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the language model can attend to (``max_position_embeddings`` of its config)."""
+        n = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def check_length(self, prompts: Sequence[str], new_tokens: int) -> None:
+        """``InputError`` before any model compute when a question cannot fit the context.
+
+        The budget is the model's context minus the image tokens and ``new_tokens`` (room for the
+        answer). Tokenising is cheap; a 10,000-word question would otherwise cost a minute of
+        attention and gigabytes of memory before failing or answering from a truncated prompt.
+        """
+        limit = self.context_length
+        if not limit:
+            return
+        budget = limit - self.processor.num_image_tokens - int(new_tokens)
+        for q in prompts:
+            n = len(self.processor.tokenizer(q, add_special_tokens=False).input_ids)
+            if n > budget:
+                raise InputError(
+                    f"the question is too long: {n} tokens, at most {max(budget, 0)} fit (context {limit} "
+                    f"tokens, of which {self.processor.num_image_tokens} for the image and {new_tokens} "
+                    "for the answer)"
+                )
+
     def prepare_question(self, question: str) -> str:
-        """Question as sent to the model: stripped, instruction appended when enabled."""
+        """Question as sent to the model: stripped, instruction appended when enabled.
+
+        Text that is not valid Unicode (bytes of another encoding in ``argv`` arrive as lone
+        surrogates) is decoded as UTF-8 with replacement characters instead of failing in the
+        tokenizer."""
+        if isinstance(question, bytes):
+            question = question.decode("utf-8", errors="replace")
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty")
+        try:
+            raw = question.encode("utf-8", errors="surrogateescape")  # argv bytes back as they were
+        except UnicodeEncodeError:  # other lone surrogates
+            raw = question.encode("utf-8", errors="replace")
+        question = raw.decode("utf-8", errors="replace")
         question = question.strip()
         if self.add_instruction and not any(question.endswith(s) for s in INSTRUCTIONS):
             question = with_instruction(question)
@@ -159,6 +203,14 @@ class Predictor:
         batch = collate(examples, self.processor.pad_token_id, padding_side=padding_side)
         batch.pop("skipped", None)
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _check_encoded(self, batch: dict[str, Any], new_tokens: int) -> None:
+        """The whole prompt (template, history, answer) plus ``new_tokens`` within the context."""
+        limit = self.context_length
+        length = int(batch["input_ids"].shape[1])
+        if limit and length + new_tokens > limit:
+            raise InputError(f"the conversation is too long: {length} tokens plus {new_tokens} for the answer "
+                             f"exceed the model's context of {limit} tokens")
 
     # -- generation -------------------------------------------------------------------------
     def __call__(
@@ -188,7 +240,9 @@ class Predictor:
             return []
         options = options or self.options
         prompts = [self.prepare_question(q) for q in questions]
+        self.check_length(prompts, options.max_new_tokens)
         batch = self._encode(images, prompts, None, histories, "left")
+        self._check_encoded(batch, options.max_new_tokens)
         model = self.model
         feats = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"])
         embeds = model.embed_inputs(batch["input_ids"], feats.llm_tokens)
@@ -235,7 +289,9 @@ class Predictor:
         if not questions:
             return []
         prompts = [self.prepare_question(q) for q in questions]
+        self.check_length(prompts, 0)
         batch = self._encode(images, prompts, answers, None, "right")
+        self._check_encoded(batch, 0)
         labels = batch.pop("labels")
         out = self.model(**batch)
         results = []
@@ -245,6 +301,24 @@ class Predictor:
             p = self.processor.parse_answer(ids)
             results.append(_result(p.text, out.pred_masks[b], p.incomplete, ids, prompts[b], True))
         return results
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ``ConfigError`` when this torch build cannot use it
+    (e.g. ``cuda`` on a CPU-only install), instead of an assertion deep inside torch."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device {device!r} (use cpu, cuda, cuda:1, mps ...)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but this torch build has no usable CUDA "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    return dev
 
 
 def _result(

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pixellm.data.muse import MuseQuestion, iter_questions, load_muse
-from pixellm.errors import ConfigError, DataError, InputError, PixelLMError
+from pixellm.errors import ConfigError, DataError, InputError
 from pixellm.infer.generation import GenerationOptions
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,86 @@ def read_done(path: str | os.PathLike) -> set[tuple[int, int, bool]]:
     return done
 
 
+META_SUFFIX = ".meta.json"
+
+
+def meta_path(out: str | os.PathLike) -> Path:
+    """The file next to ``PRED.jsonl`` that records what it answers: ``PRED.jsonl.meta.json``."""
+    out = Path(out)
+    return out.with_name(out.name + META_SUFFIX)
+
+
+def run_record(
+    model_dir: str | os.PathLike | None, add_instruction: bool, records: Sequence[dict[str, Any]], source: str,
+    teacher_forced: bool, options: GenerationOptions | None,
+) -> dict[str, Any]:
+    """What a prediction file answers: the data (source name and a hash of every record's image,
+    size and questions), the model (folder and weights fingerprint) and the settings that change
+    the lines (instruction; decoding options for generated lines)."""
+    import hashlib
+    from dataclasses import asdict
+
+    from pixellm.files import model_fingerprint
+
+    digest = hashlib.sha256()
+    for rec in records:
+        key = [rec.get("file_name") or rec.get("coco_url"), rec.get("height"), rec.get("width"),
+               rec.get("questions")]
+        digest.update(json.dumps(key, sort_keys=True, ensure_ascii=False).encode())
+    out: dict[str, Any] = {
+        "format": 1,
+        "data": {"source": str(source), "records": len(records), "sha256": digest.hexdigest()[:16]},
+        "model": model_fingerprint(model_dir) if model_dir else None,
+        "settings": {"instruction": bool(add_instruction)},
+    }
+    if not teacher_forced:
+        out["generation"] = asdict(options or GenerationOptions())
+    return out
+
+
+def check_run_record(out: Path, record: dict[str, Any]) -> None:
+    """Refuse to append to a prediction file written for other data, model or settings (its
+    ``.meta.json``); write the record for a new file. One ``ConfigError`` line on a mismatch.
+
+    The data are compared by content (source names may differ between runs), the model by its
+    weights fingerprint (the folder may have moved). A file from before these records existed
+    is resumed with a warning (nothing to compare)."""
+    path = meta_path(out)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise DataError(f"unreadable run record ({err})", path=str(path)) from err
+        checks = [
+            ("data", (old.get("data") or {}).get("sha256"), record["data"]["sha256"],
+             (old.get("data") or {}).get("source"), record["data"]["source"]),
+            ("settings", old.get("settings"), record["settings"], old.get("settings"), record["settings"]),
+        ]
+        if old.get("model") and record["model"]:
+            checks.append(("model", old["model"].get("sha256"), record["model"]["sha256"],
+                           old["model"].get("path"), record["model"]["path"]))
+        if "generation" in record and "generation" in old:
+            checks.append(("decoding settings", old["generation"], record["generation"],
+                           old["generation"], record["generation"]))
+        for what, a, b, shown_a, shown_b in checks:
+            if a != b:
+                raise ConfigError(f"{out} holds predictions for other {what} (was {shown_a}, now {shown_b}); "
+                                  f"write to another --out, or delete it and {path.name} to start over")
+        if "generation" in record and "generation" not in old:
+            _write_json_atomic(path, {**old, "generation": record["generation"]})
+        return
+    if out.exists() and out.stat().st_size > 0:
+        logger.warning("%s has no %s: cannot check that it answers the same data and model", out, path.name)
+    _write_json_atomic(path, record)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def run_inference(
     predictor: Any,
     data: str | Sequence[dict[str, Any]],
@@ -105,6 +185,7 @@ def run_inference(
     limit: int | None = None,
     options: GenerationOptions | None = None,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> InferenceSummary:
     """Predict every question of a split into ``out`` (JSONL), resuming a previous run.
 
@@ -116,6 +197,8 @@ def run_inference(
         teacher_forced: masks from the ground-truth answer text (lines flagged
             ``"teacher_forced": true``) instead of generated answers.
         limit: only the first ``limit`` questions (in file order).
+        allow_outside_root: read image names that leave the image root (``../``, absolute);
+            by default such a question is skipped and counted as failed.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -127,11 +210,14 @@ def run_inference(
         records, image_root, source = parse_data_spec(data)
     else:
         records = list(data)
-    questions = list(iter_questions(records, image_root, source))
+    questions = list(iter_questions(records, image_root, source, allow_outside_root))
     if limit is not None:
         questions = questions[:limit]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_run_record(out, run_record(
+        predictor.model_dir, predictor.add_instruction, records, source, teacher_forced, options or predictor.options
+    ))
     done = read_done(out)
     todo = [q for q in questions if (q.image_index, q.question_index, teacher_forced) not in done]
     summary = InferenceSummary(str(out), len(questions), 0, len(questions) - len(todo), 0)
@@ -154,12 +240,13 @@ def run_inference(
 def _predict_chunk(
     predictor: Any, chunk: list[MuseQuestion], teacher_forced: bool, options: GenerationOptions | None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Lines for one batch; if an image is unreadable, retry one by one and skip the bad ones."""
-    try:
-        return _predict(predictor, chunk, teacher_forced, options), 0
-    except PixelLMError:
-        if len(chunk) == 1:
-            raise
+    """Lines for one batch; if a question is bad (unreadable image, too long ...), retry one by
+    one and skip the bad ones, counted: the same for a batch of one as for a batch of many."""
+    if len(chunk) > 1:
+        try:
+            return _predict(predictor, chunk, teacher_forced, options), 0
+        except (DataError, InputError):
+            pass
     lines, failed = [], 0
     for q in chunk:
         try:
@@ -174,6 +261,8 @@ def _predict(
     predictor: Any, chunk: list[MuseQuestion], teacher_forced: bool, options: GenerationOptions | None
 ) -> list[dict[str, Any]]:
     for q in chunk:
+        if q.image_error:
+            raise DataError(f"record {q.image_index}: {q.image_error}", path=q.source or None)
         if not q.image_path:
             raise DataError(f"record {q.image_index} has no 'file_name' or 'coco_url'", path=q.source or None)
     images = [q.image_path for q in chunk]

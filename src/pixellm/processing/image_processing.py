@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixellm.errors import ConfigError, DataError, InputError
 
@@ -31,20 +33,115 @@ RELEASED_STD = (58.395, 57.12, 57.375)
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """Path, PIL image or ``HxWx3`` (also ``HxW`` / ``HxWx4``) uint8 array -> RGB PIL image."""
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+MAX_PIXELS_ENV = "PIXELLM_MAX_IMAGE_PIXELS"
+
+
+class ImageNotFound(DataError):
+    """The image file does not exist."""
+
+
+class ImageTooLarge(DataError):
+    """The image has more pixels than the limit (:func:`max_image_pixels`)."""
+
+
+def max_image_pixels() -> int:
+    """The one pixel limit of every command (train, predict, chat, infer, serve).
+
+    ``PIXELLM_MAX_IMAGE_PIXELS`` in the environment (so DataLoader workers see it too; the
+    commands' ``--max-image-pixels`` sets it), else 40,000,000. Checked from the file header,
+    before anything is decoded, so a decompression bomb costs nothing.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels") from err
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r} must be at least 1")
+    return value
+
+
+def set_max_image_pixels(pixels: int | None) -> None:
+    """Set the shared pixel limit for this process and its children (``None``: keep as is)."""
+    if pixels is None:
+        return
+    if int(pixels) < 1:
+        raise ConfigError(f"the pixel limit must be at least 1, got {pixels}")
+    os.environ[MAX_PIXELS_ENV] = str(int(pixels))
+
+
+def _check_pixels(width: int, height: int, limit: int, where: str | None) -> None:
+    if width * height > limit:
+        raise ImageTooLarge(
+            f"image is too large ({width}x{height} = {width * height:,} pixels; the limit is {limit:,}, "
+            f"set with --max-image-pixels or {MAX_PIXELS_ENV})",
+            path=where,
+        )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB with the same look.
+
+    PIL's ``convert("RGB")`` clips 16/32-bit integer images ("I;16*", "I") at 255, so a
+    16-bit PNG turns white: those are scaled to 8 bits instead (65535 -> 255). Alpha is dropped
+    (as OpenCV's ``imread`` does for the released model); palettes, CMYK, 1-bit and grey
+    images go through PIL's conversions.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    return img.convert("RGB")
+
+
+def load_image(image: ImageInput, max_pixels: int | None = None) -> Image.Image:
+    """Path, PIL image or ``HxWx3`` (also ``HxW`` / ``HxWx4``) uint8 array -> RGB PIL image.
+
+    The one image loader of training, prediction, inference and the web demo: the pixel limit
+    (``max_pixels``, default :func:`max_image_pixels`) is checked from the header before
+    decoding, every mode is converted by :func:`to_rgb`, and the EXIF orientation of a file is
+    applied. Errors are ``DataError`` naming the file (``ImageNotFound``, ``ImageTooLarge``).
+    """
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     if isinstance(image, (str, os.PathLike)):
         path = str(image)
         if not os.path.isfile(path):
-            raise DataError("image file not found", path=path)
+            raise ImageNotFound("image file not found", path=path)
+        # PIL refuses images over 2x its own limit inside open(), before we can look: raise its
+        # limit to ours when ours is higher, so that a configured higher limit really applies.
+        Image.MAX_IMAGE_PIXELS = max(limit, Image.MAX_IMAGE_PIXELS or 0)
         try:
-            with Image.open(path) as img:
-                img.load()  # decode now so a truncated file fails here, naming the file
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    _check_pixels(img.width, img.height, limit, path)
+                    img.load()  # decode now so a truncated file fails here, naming the file
+                    return to_rgb(ImageOps.exif_transpose(img))
+        except DataError:
+            raise
+        except Image.DecompressionBombError as err:  # over 2x PIL's limit: refused inside open()
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            raise ImageTooLarge(f"image is too large ({size}; the limit is {limit:,}, set with "
+                                f"--max-image-pixels or {MAX_PIXELS_ENV})", path=path) from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=path) from err
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        _check_pixels(image.width, image.height, limit, None)
+        if image.width == 0 or image.height == 0:
+            raise InputError(f"image is empty: {image.width}x{image.height}")
+        return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise InputError(f"image array must be uint8 (0-255), got dtype {image.dtype}")
@@ -54,14 +151,18 @@ def load_image(image: ImageInput) -> Image.Image:
             raise InputError(f"image array must be HxWx3 (or HxW, HxWx4), got shape {tuple(image.shape)}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise InputError(f"image array is empty: shape {tuple(image.shape)}")
+        _check_pixels(image.shape[1], image.shape[0], limit, None)
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     raise InputError(f"unsupported image type {type(image).__name__}; pass a path, PIL image or uint8 array")
 
 
 def resized_size(height: int, width: int, image_size: int) -> tuple[int, int]:
-    """(h', w') after resizing the longest side to ``image_size`` (SAM's rounding)."""
+    """(h', w') after resizing the longest side to ``image_size`` (SAM's rounding).
+
+    Each side is at least 1 pixel: a very thin image (1x4000) would otherwise round to 0.
+    """
     scale = image_size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def grid_valid_mask(resized_sizes: torch.Tensor, image_size: int, grid: int) -> torch.Tensor:

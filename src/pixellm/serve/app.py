@@ -12,18 +12,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pixellm.errors import InputError, PixelLMError
 from pixellm.infer.overlay import answer_html, render_overlay, target_names
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = None  # the shared limit (image_processing.max_image_pixels)
 CSS = ".pixellm-answer {font-size: 1.1em} .pixellm-error {color: #b00020; font-weight: bold}"
 
 
-def check_upload(path: str | os.PathLike | None, max_upload_mb: float, max_pixels: int) -> Image.Image:
-    """The uploaded file as an RGB image, or ``InputError`` with a message for the user."""
+def check_upload(path: str | os.PathLike | None, max_upload_mb: float, max_pixels: int | None = None) -> Image.Image:
+    """The uploaded file as an RGB image, or ``InputError`` with a message for the user.
+
+    Decoded by the loader every command uses (``load_image``: pixel limit from the header,
+    16-bit / palette / CMYK modes, EXIF orientation)."""
+    from pixellm.errors import DataError
+    from pixellm.processing.image_processing import ImageTooLarge, load_image
+
     if not path:
         raise InputError("please upload an image first")
     path = Path(path)
@@ -31,20 +37,16 @@ def check_upload(path: str | os.PathLike | None, max_upload_mb: float, max_pixel
     if size_mb > max_upload_mb:
         raise InputError(f"the file is too large ({size_mb:.1f} MB; the limit is {max_upload_mb:g} MB)")
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:  # checked from the header, before decoding
-                raise InputError(f"the image is too large ({img.width}x{img.height} pixels; "
-                                 f"the limit is {max_pixels:,} pixels)")
-            img.load()
-            return img.convert("RGB")
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"{path.name} is not a readable image ({type(err).__name__})") from err
+        return load_image(path, max_pixels)
+    except ImageTooLarge as err:
+        raise InputError(f"the {str(err).split(': ', 1)[-1]}") from err
+    except DataError as err:
+        reason = str(err).rsplit("(", 1)[-1].split(":")[0].rstrip(")")
+        raise InputError(f"{path.name} is not a readable image ({reason})") from err
 
 
 def answer_request(
-    predictor: Any, file: str | None, question: str, max_upload_mb: float, max_pixels: int
+    predictor: Any, file: str | None, question: str, max_upload_mb: float, max_pixels: int | None
 ) -> tuple[Image.Image | None, str, str]:
     """One request -> (overlay picture, answer HTML, status HTML). Never raises for user errors."""
     import html
@@ -65,7 +67,7 @@ def answer_request(
 
 
 def build_app(predictor: Any, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
     """The ``gr.Blocks`` app (not launched)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
@@ -96,7 +98,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Load the model (a folder or a ``Predictor``) and serve the demo until interrupted."""
     if isinstance(model, str | os.PathLike):

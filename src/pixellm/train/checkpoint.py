@@ -19,12 +19,13 @@ temporary folder (ignored by :func:`find_latest_checkpoint` and removed on the n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixellm.errors import ConfigError
+from pixellm.files import disk_guard
 
 COMPLETE = "COMPLETE"
 PREFIX = "checkpoint-"
@@ -121,10 +123,11 @@ def tmp_dir_for(output_dir: str | os.PathLike, step: int) -> Path:
 def write_rng_state(folder: Path, rank: int) -> None:
     """Every process writes its own RNG state into the (shared) temporary folder."""
     meta, tensors = capture_rng_state()
-    write_json(folder / f"rng-{rank}.json", meta)
-    path = folder / f"rng-{rank}.safetensors"
-    save_file(tensors, str(path))
-    _fsync_file(path)
+    with _cleanup_on_error(folder):
+        write_json(folder / f"rng-{rank}.json", meta)
+        path = folder / f"rng-{rank}.safetensors"
+        save_file(tensors, str(path))
+        _fsync_file(path)
 
 
 def write_main_state(
@@ -133,15 +136,31 @@ def write_main_state(
     optimizer_state: dict[str, Any] | None,
     trainer_state: dict[str, Any],
 ) -> None:
-    """Main process: weights, optimizer and trainer state (not yet marked complete)."""
-    path = folder / "trainable.safetensors"
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(path))
-    _fsync_file(path)
-    if optimizer_state is not None:
-        path = folder / "optimizer.pt"
-        torch.save(optimizer_state, path)
+    """Main process: weights, optimizer and trainer state (not yet marked complete).
+
+    A full disk raises ``DiskFullError`` ("no space left ... <path>") and removes the temporary
+    folder; the previous checkpoint is untouched."""
+    with _cleanup_on_error(folder):
+        path = folder / "trainable.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(path))
         _fsync_file(path)
-    write_json(folder / "trainer_state.json", trainer_state)
+        if optimizer_state is not None:
+            path = folder / "optimizer.pt"
+            torch.save(optimizer_state, path)
+            _fsync_file(path)
+        write_json(folder / "trainer_state.json", trainer_state)
+
+
+@contextlib.contextmanager
+def _cleanup_on_error(folder: Path) -> Iterator[None]:
+    """Report a full disk as one line naming the checkpoint folder, and free the half-written
+    temporary folder (it is never mistaken for a checkpoint, but it holds the space)."""
+    try:
+        with disk_guard(folder):
+            yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def finalize_checkpoint(

@@ -26,7 +26,8 @@ class DataSource:
 
     ``kind``: ``muse`` / ``synth`` / ``refer`` / ``semseg`` (MUSE-format JSON, e.g. written by
     ``pixellm data refer2muse`` / ``semseg``) or ``vqa`` (LLaVA-Instruct JSON). ``path``: the JSON
-    file; ``image_root``: image folder (default: the JSON's folder).
+    file; ``image_root``: image folder (default: the JSON's folder). Image names that leave
+    ``image_root`` are skipped (``unsafe_path``) unless ``allow_outside_root``.
     """
 
     name: str = "data"
@@ -34,6 +35,7 @@ class DataSource:
     path: str = ""
     image_root: str | None = None
     rate: float = 1.0
+    allow_outside_root: bool = False  # accept image names that leave image_root (../, absolute)
 
 
 @dataclass

@@ -34,8 +34,10 @@ def load_source(source: DataSource, rng: random.Random) -> tuple[list[Sample], C
     from pixellm.data.vqa import vqa_samples
 
     if source.kind == "vqa":
-        return vqa_samples(source.path, source.image_root, source=source.name)
-    return muse_samples(source.path, source.image_root, rng=rng, source=source.name)
+        return vqa_samples(source.path, source.image_root, source=source.name,
+                           allow_outside_root=source.allow_outside_root)
+    return muse_samples(source.path, source.image_root, rng=rng, source=source.name,
+                        allow_outside_root=source.allow_outside_root)
 
 
 def collate_train(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pixellm.data.dataset import SegmentationDataset, skip_counts, skipped_report
+from pixellm.data.dataset import SegmentationDataset, SkipTally
 from pixellm.data.mixing import MixedSampler
 from pixellm.errors import ConfigError
 from pixellm.train import checkpoint as ckpt
@@ -109,19 +108,23 @@ def _is_sharded(accelerator) -> bool:
 
 
 def export_model(model, processor, folder: str | Path, merge_lora: bool = True) -> Path:
-    """Save ``model`` (LoRA merged into a copy when present) and ``processor`` to ``folder``."""
+    """Save ``model`` (LoRA merged into a copy when present) and ``processor`` to ``folder``.
+
+    Atomic like the checkpoints (``files.atomic_folder``): written under a hidden name, then
+    renamed, so a crash never leaves a ``final/`` with only some of its files."""
     import copy
 
+    from pixellm.files import atomic_folder
     from pixellm.train.lora import has_lora
     from pixellm.train.lora import merge_lora as merge
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     out = model
     if merge_lora and has_lora(model):
         out = merge(copy.deepcopy(model))
-    out.save_pretrained(str(folder))
-    processor.save_pretrained(str(folder))
+    with atomic_folder(folder) as tmp:
+        out.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
     return folder
 
 
@@ -157,8 +160,8 @@ class Trainer:
         self.pad_id = self.processor.pad_token_id
         self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed)
         # Records skipped while reading the files are counted once, by the main process.
-        self._prior_skips: Counter = Counter(self.dataset.read_skips) if acc.is_main_process else Counter()
-        self._own_skips: Counter = Counter()
+        self._prior_skips = SkipTally(self.dataset.read_skips if acc.is_main_process else None)
+        self._own_skips = SkipTally()
         self.sampler = MixedSampler(self.dataset.sizes, rates, cfg.steps * self.accum * per_step, seed=cfg.seed,
                                     rank=acc.process_index, world_size=world, batch_size=cfg.batch_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -222,7 +225,8 @@ class Trainer:
                 self.optimizer.load_state_dict(opt)
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_step = int(state["step"])
-        self._prior_skips = Counter(state.get("skipped", {})) if self.acc.is_main_process else Counter()
+        self._prior_skips = SkipTally.from_state(state.get("skips", state.get("skipped")) if self.acc.is_main_process
+                                                 else None)
         self.elapsed_before = float(state.get("seconds", 0.0))
         self.samples_before = int(state.get("samples", 0))
         self.history = list(state.get("history", []))
@@ -249,7 +253,8 @@ class Trainer:
                 "samples": samples,
                 "seconds": seconds,
                 "scheduler": self.scheduler.state_dict(),
-                "skipped": dict(skipped),
+                "skipped": dict(skipped.distinct()),
+                "skips": skipped.to_state(),
                 "history": self.history[-1000:],
                 "validation": self.validation,
                 "layout": {"batch_size": cfg.batch_size, "processes": acc.num_processes,
@@ -268,15 +273,15 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def _gathered_skips(self) -> Counter:
-        """Skipped-sample counts of the whole run so far (all processes; call on every process)."""
-        total = Counter(self._prior_skips)
+    def _gathered_skips(self) -> SkipTally:
+        """Bad samples of the whole run so far (all processes; call on every process)."""
+        total = self._prior_skips
         if self.acc.num_processes == 1:
-            return total + self._own_skips
+            return total.merge(self._own_skips)
         from accelerate.utils import gather_object
 
-        for c in gather_object([dict(self._own_skips)]):
-            total.update(c)
+        for c in gather_object([self._own_skips.to_state()]):
+            total = total.merge(SkipTally.from_state(c))
         return total
 
     # -- loop -------------------------------------------------------------------------------------
@@ -321,7 +326,7 @@ class Trainer:
             for micro in range(self.accum):
                 batch = next(self.batches)
                 skips = batch.pop("skips")
-                self._own_skips.update(skip_counts(skips=skips))
+                self._own_skips.add(skips)
                 if acc.is_main_process:
                     for s in skips:
                         logger.warning("replaced bad sample %s (%s): %s", s.where, s.reason, s.detail)
@@ -377,14 +382,15 @@ class Trainer:
         result = TrainResult(
             step=step, output_dir=self.out, export_dir=None, checkpoint=last_ckpt, samples=samples,
             seconds=seconds, samples_per_second=(samples - self.samples_before) / max(loop_seconds, 1e-9),
-            history=self.history, validation=self.validation, skipped=dict(skipped), stopped_early=stopped,
-            precision={"chosen": self.precision.name, "reason": self.precision.reason},
+            history=self.history, validation=self.validation, skipped=dict(skipped.distinct()),
+            stopped_early=stopped, precision={"chosen": self.precision.name, "reason": self.precision.reason},
         )
         if acc.is_main_process:
-            if skipped:
-                print(skipped_report(skipped))
+            if skipped.distinct() or skipped.replacements:
+                print(skipped.report())  # distinct bad samples; replacements apart
             self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.write_json(self.out / "skipped.json", dict(skipped))
+            # reason -> distinct bad samples (as before), plus the replacements and which samples
+            ckpt.write_json(self.out / "skipped.json", {**skipped.distinct(), "details": skipped.to_state()})
             if not stopped:
                 result.export_dir = export_model(acc.unwrap_model(self.model), self.processor, self.export_dir)
         result.model, result.processor = acc.unwrap_model(self.model), self.processor
