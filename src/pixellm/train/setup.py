@@ -113,8 +113,18 @@ def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]
     if cfg.lora.enabled and not has_lora(model):
         apply_lora(model, lora_settings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules))
     set_trainable(model, cfg.trainable)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     return model, processor
+
+
+def enable_gradient_checkpointing(model: PixelLMForCausalLM) -> None:
+    """Checkpoint every decoder layer of the LLM and every CLIP encoder layer (transformers'
+    ``GradientCheckpointingLayer``s). Non-reentrant ``torch.utils.checkpoint``: it works when the
+    layer inputs need no grad (frozen embeddings), with LoRA and under FSDP2, and it replays the
+    saved RNG state, so dropout masks (LoRA dropout) are the same in the recomputation."""
+    model.activation_checkpointing_enable({"use_reentrant": False})
 
 
 def set_trainable(model: PixelLMForCausalLM, mode: str) -> None:
