@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -61,12 +62,22 @@ def _values(data, out, **kw) -> dict:
     return values
 
 
-def _torchrun(script, values: dict, mode: str) -> list[dict]:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "ACCELERATE_USE_FSDP": "true", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(script, values: dict, mode: str, via: str) -> list[dict]:
+    """Two processes, either through ``accelerate launch`` with the shipped ``fsdp.yaml`` (it
+    sets ACCELERATE_USE_FSDP) or plain ``torchrun`` with the variable set by hand."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("ACCELERATE_USE_FSDP", None)
+    if via == "accelerate":
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2"]
+    else:
+        env["ACCELERATE_USE_FSDP"] = "true"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), json.dumps(values), mode],
+        [*launcher, str(script), json.dumps(values), mode],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
@@ -100,7 +111,7 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
     # 1 process, batch 1 x accumulation 4 == 2 processes x batch 1 x accumulation 2: the same
     # 4 samples per step (MixedSampler's global plan), the same mean gradient.
     single = train(config_from_dict(_values(data, tmp_path / "single")))
-    ranks = _torchrun(script, _values(data, tmp_path / "fsdp"), "fresh")
+    ranks = _launch(script, _values(data, tmp_path / "fsdp"), "fresh", via="accelerate")
     for r in ranks:
         assert r["step"] == 4 and r["samples"] == 16
         # Sharded: each process holds about half of every parameter.
@@ -110,8 +121,9 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
     fsdp_losses = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
     single_losses = [h["loss"] for h in single.history]
     assert len(fsdp_losses) == len(single_losses) == 4
-    # Tolerance: fp32 with other reduction orders (gloo reduce-scatter vs local accumulation).
-    torch.testing.assert_close(torch.tensor(fsdp_losses), torch.tensor(single_losses), rtol=1e-4, atol=0)
+    # Tolerance: fp32 with other reduction orders (gloo reduce-scatter vs local accumulation);
+    # observed: steps 1-2 identical, steps 3-4 within 3e-8 relative.
+    torch.testing.assert_close(torch.tensor(fsdp_losses), torch.tensor(single_losses), rtol=1e-5, atol=0)
     assert single_losses[0] != single_losses[-1]  # it trained
     assert ranks[0]["validation"] and ranks[0]["validation"][0]["step"] == 4
     assert ranks[0]["validation"][0]["gIoU"] == single.validation[0]["gIoU"]
@@ -135,7 +147,7 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(tmp_path / "fsdp" / ckpt.checkpoint_name(2), resumed_dir / ckpt.checkpoint_name(2))
-    resumed = _torchrun(script, _values(data, resumed_dir), "resume")
+    resumed = _launch(script, _values(data, resumed_dir), "resume", via="torchrun")
     assert resumed[0]["step"] == 4 and resumed[0]["samples"] == 16
     assert resumed[0]["losses"][-2:] == ranks[0]["losses"][-2:]
     again = _safetensors(resumed_dir / "final" / "model.safetensors")
@@ -147,3 +159,16 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
     image = torch.randint(0, 255, (40, 56, 3), dtype=torch.uint8).numpy()
     result = predictor(image, "Where is the red circle?")
     assert result.masks.shape[1:] == (40, 56)
+
+
+def test_fsdp_units_are_the_configured_llms_decoder_layers():
+    """LLaMA or Qwen2: the blocks are found from the model, not from a pinned class name."""
+    from pixellm.model.configuration_pixellm import PixelLMConfig
+    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.train.fsdp import block_classes
+
+    for model_type, layer in (("llama", "LlamaDecoderLayer"), ("qwen2", "Qwen2DecoderLayer")):
+        overrides = small_overrides()
+        overrides["text_config"] = {**overrides["text_config"], "model_type": model_type}
+        model = PixelLMForCausalLM(PixelLMConfig.from_preset("tiny", **overrides))
+        assert [c.__name__ for c in block_classes(model)] == ["CLIPEncoderLayer", layer]
