@@ -160,6 +160,12 @@ class Trainer:
                 f"({cfg.batch_size} x {world})"
             )
         self.accum = cfg.effective_batch // per_step
+        self.deepspeed = _is_sharded(acc)
+        if self.deepspeed:  # the engine does the accumulation and clipping; prepare() needs the batch
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+            ds["gradient_accumulation_steps"] = self.accum
+            ds["gradient_clipping"] = cfg.optim.grad_clip
         set_seed(cfg.seed)
         self.model, self.processor = build_model(cfg)
         self.fsdp = fsdp.requested(acc)
@@ -355,10 +361,14 @@ class Trainer:
                 batch = to_device(batch, acc.device)
                 step_samples += batch["input_ids"].shape[0]
                 sync = micro == self.accum - 1
-                ctx = contextlib.nullcontext() if sync else acc.no_sync(self.model)
+                # ZeRO-2 has no no_sync; accelerate tells the engine where the step ends instead.
+                ctx = contextlib.nullcontext() if sync or self.deepspeed else acc.no_sync(self.model)
+                if self.deepspeed:
+                    acc.gradient_state._set_sync_gradients(sync)
                 with ctx:
                     out = self.model(**batch, return_logits=False)
-                    acc.backward(out.loss / self.accum)
+                    # DeepSpeed divides by its gradient_accumulation_steps itself.
+                    acc.backward(out.loss if self.deepspeed else out.loss / self.accum)
                 for k in LOSS_PARTS:
                     v = getattr(out, k)
                     if v is not None:
