@@ -4,11 +4,11 @@ recomputed."""
 from __future__ import annotations
 
 import torch
+from test_train_resume import small_overrides
 
 from pixellm.train.config import config_from_dict
 from pixellm.train.data import build_training_data, collate_train
 from pixellm.train.setup import build_model
-from tests.test_train_resume import small_overrides
 
 
 def _grads(data_dir, checkpointing: bool, trainable: str) -> tuple[dict[str, torch.Tensor], float, int]:

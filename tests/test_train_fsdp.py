@@ -13,10 +13,10 @@ import textwrap
 from pathlib import Path
 
 import torch
+from test_train_resume import small_overrides
 
 from pixellm.train.config import config_from_dict
 from pixellm.train.trainer import train
-from tests.test_train_resume import small_overrides
 
 SCRIPT = textwrap.dedent(
     """

@@ -8,11 +8,11 @@ import os
 import shutil
 
 import torch
+from test_train_resume import make_cfg, synth_dir, trainable_weights  # noqa: F401 (fixture)
 
 from pixellm.data.dataset import SegmentationDataset
 from pixellm.train import checkpoint as ckpt
 from pixellm.train.trainer import train
-from tests.test_train_resume import make_cfg, synth_dir, trainable_weights  # noqa: F401 (fixture)
 
 
 def test_resume_with_workers_equals_run_without(synth_dir, tmp_path, monkeypatch):  # noqa: F811
