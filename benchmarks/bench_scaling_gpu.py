@@ -9,6 +9,10 @@ docs/scaling.md. Weights are random (shapes are what matters). Writes
 there with ``--device cpu --presets tiny --batches 1,2``).
 
     python benchmarks/bench_scaling_gpu.py [--presets tiny,pixellm-7b,pixellm-13b] [--batches 1,2,4,8,16]
+
+The model is rebuilt for every setting (a random 13B takes a while to initialise): under a
+per-command time limit, run one preset per call (``--presets pixellm-7b``); the results file
+holds the last call's runs only.
 """
 
 from __future__ import annotations
