@@ -110,7 +110,14 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
 
     # 1 process, batch 1 x accumulation 4 == 2 processes x batch 1 x accumulation 2: the same
     # 4 samples per step (MixedSampler's global plan), the same mean gradient.
-    single = train(config_from_dict(_values(data, tmp_path / "single")))
+    try:
+        single = train(config_from_dict(_values(data, tmp_path / "single")))
+    finally:
+        # accelerate's state is a per-process singleton: the fp32 run must not fix the precision
+        # of later in-process runs (other tests use bf16).
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     ranks = _launch(script, _values(data, tmp_path / "fsdp"), "fresh", via="accelerate")
     for r in ranks:
         assert r["step"] == 4 and r["samples"] == 16
