@@ -151,10 +151,11 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
     assert any(not torch.equal(exported[n], p) for n, p in initial.state_dict().items() if n in exported)
 
     # Resume from the step-2 checkpoint in a fresh folder: the same final weights, bit for bit.
+    # With gradient checkpointing on this time (same gradients), so FSDP + checkpointing runs too.
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(tmp_path / "fsdp" / ckpt.checkpoint_name(2), resumed_dir / ckpt.checkpoint_name(2))
-    resumed = _launch(script, _values(data, resumed_dir), "resume", via="torchrun")
+    resumed = _launch(script, _values(data, resumed_dir, gradient_checkpointing=True), "resume", via="torchrun")
     assert resumed[0]["step"] == 4 and resumed[0]["samples"] == 16
     assert resumed[0]["losses"][-2:] == ranks[0]["losses"][-2:]
     again = _safetensors(resumed_dir / "final" / "model.safetensors")
