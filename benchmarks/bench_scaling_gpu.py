@@ -107,6 +107,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # `make bench` runs every bench_*.py, also on CPU-only machines: nothing to measure there.
+        print("bench_scaling_gpu: no CUDA device; nothing measured (use --device cpu for a smoke test)")
+        return
     runs, largest = [], {}
     for preset in args.presets.split(","):
         for ck in (False, True):
