@@ -116,3 +116,8 @@ def test_accelerate_configs_are_valid_yaml(name):
     data = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
     assert data["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
     assert data["mixed_precision"] == "bf16"
+    if name == "fsdp":
+        # FSDP2, as tests/test_train_fsdp.py runs it; no layer class pinned (the trainer wraps
+        # whatever decoder layer the configured LLM has: LLaMA, Qwen2, ...).
+        assert data["fsdp_config"]["fsdp_version"] == 2
+        assert "fsdp_transformer_layer_cls_to_wrap" not in data["fsdp_config"]

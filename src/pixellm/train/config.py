@@ -86,6 +86,9 @@ class TrainConfig:
     batch_size: int = 2  # per process and micro-step
     effective_batch: int = 16  # batch_size * processes * accumulation
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Recompute each LLM / CLIP layer's activations in the backward pass instead of keeping them:
+    # less memory (docs/scaling.md), ~1 extra forward of compute, identical gradients.
+    gradient_checkpointing: bool = False
     seed: int = 0
     # bookkeeping
     output_dir: str = "runs/pixellm"

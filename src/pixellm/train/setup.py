@@ -118,6 +118,8 @@ def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]
     if cfg.lora.enabled and not has_lora(model):
         apply_lora(model, lora_settings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules))
     set_trainable(model, cfg.trainable)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     return model, processor
 
@@ -134,6 +136,14 @@ def load_vision_weights(model: PixelLMForCausalLM, folder: str) -> None:
                    "patch_size", "image_size", "num_channels") and mine.get(key) != value:
             raise ConfigError(f"{folder}: vision {key} is {value}, the model's is {mine.get(key)}")
     model.vision_tower.load_state_dict(clip.state_dict())
+
+
+def enable_gradient_checkpointing(model: PixelLMForCausalLM) -> None:
+    """Checkpoint every decoder layer of the LLM and every CLIP encoder layer (transformers'
+    ``GradientCheckpointingLayer``s). Non-reentrant ``torch.utils.checkpoint``: it works when the
+    layer inputs need no grad (frozen embeddings), with LoRA and under FSDP2, and it replays the
+    saved RNG state, so dropout masks (LoRA dropout) are the same in the recomputation."""
+    model.activation_checkpointing_enable({"use_reentrant": False})
 
 
 def set_trainable(model: PixelLMForCausalLM, mode: str) -> None:

@@ -32,6 +32,7 @@ from pixellm.data.dataset import SegmentationDataset, SkipTally
 from pixellm.data.mixing import MixedSampler
 from pixellm.errors import ConfigError
 from pixellm.train import checkpoint as ckpt
+from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
 from pixellm.train.data import build_training_data, collate_train, to_device
 from pixellm.train.precision import PrecisionChoice, resolve_precision
@@ -45,7 +46,8 @@ LOSS_PARTS = ("loss", "ce_loss", "ref_loss", "dice_loss")
 
 @dataclass
 class TrainResult:
-    """What a run did. ``model`` is this process's unwrapped model, ready for inference."""
+    """What a run did. ``model`` is this process's unwrapped model, ready for inference (under
+    FSDP: the consolidated model on the main process, ``None`` elsewhere and after ``stop_after``)."""
 
     step: int
     output_dir: Path
@@ -102,9 +104,11 @@ def _validation_batches(cfg: TrainConfig, processor, pad_id: int) -> list[dict[s
 
 
 def _is_sharded(accelerator) -> bool:
+    """State sharded by accelerate itself (DeepSpeed). FSDP is ours (``pixellm.train.fsdp``):
+    the model never goes through accelerate's FSDP plugin, which cannot run on CPUs."""
     from accelerate.utils import DistributedType
 
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
 def export_model(model, processor, folder: str | Path, merge_lora: bool = True) -> Path:
@@ -155,8 +159,17 @@ class Trainer:
                 f"({cfg.batch_size} x {world})"
             )
         self.accum = cfg.effective_batch // per_step
+        self.deepspeed = _is_sharded(acc)
+        if self.deepspeed:  # the engine does the accumulation and clipping; prepare() needs the batch
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+            ds["gradient_accumulation_steps"] = self.accum
+            ds["gradient_clipping"] = cfg.optim.grad_clip
         set_seed(cfg.seed)
         self.model, self.processor = build_model(cfg)
+        self.fsdp = fsdp.requested(acc)
+        if self.fsdp:  # before the optimizer: it must hold the sharded parameters
+            fsdp.shard_model(self.model, acc.device, acc.mixed_precision)
         self.pad_id = self.processor.pad_token_id
         self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed)
         # Records skipped while reading the files are counted once, by the main process.
@@ -173,11 +186,14 @@ class Trainer:
         self.elapsed_before = 0.0
         self.samples_before = 0
         state = self._load_resume_state() if self.resume else None
-        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if not self.fsdp:
+            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         if state is not None and _is_sharded(acc):
             acc.load_state(str(self.resumed_from / "accelerate"))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.val_batches = _validation_batches(cfg, self.processor, self.pad_id) if acc.is_main_process else None
+        # Under FSDP every process runs the validation forward (its all-gathers are collectives).
+        val_here = acc.is_main_process or self.fsdp
+        self.val_batches = _validation_batches(cfg, self.processor, self.pad_id) if val_here else None
         # The plan is fixed, so resuming needs only the micro-step counter.
         self.sampler.set_epoch(0, start=self.start_step * self.accum * cfg.batch_size)
         self.loader = torch.utils.data.DataLoader(
@@ -212,7 +228,12 @@ class Trainer:
                 f"{folder}: cannot resume exactly: (batch_size, processes, accumulation, steps, seed) "
                 f"was {saved}, now {layout}"
             )
-        if not _is_sharded(self.acc):
+        if bool(state.get("fsdp", False)) != self.fsdp:
+            raise ConfigError(f"{folder}: saved with fsdp={state.get('fsdp', False)}, now fsdp={self.fsdp}")
+        if self.fsdp:
+            fsdp.load_full_state(self.model, self.optimizer, ckpt.load_trainable(folder),
+                                 ckpt.load_optimizer_state(folder), str(folder))
+        elif not _is_sharded(self.acc):
             weights = ckpt.load_trainable(folder)
             result = self.model.load_state_dict(weights, strict=False)
             if result.unexpected_keys:
@@ -247,6 +268,8 @@ class Trainer:
         if _is_sharded(acc):
             acc.save_state(str(tmp / "accelerate"))
         skipped = self._gathered_skips()
+        if self.fsdp:  # collectives: every process gathers, the main process writes
+            weights, opt_state = fsdp.full_trainable_state(self.model), fsdp.full_optimizer_state(self.model, self.optimizer)
         if acc.is_main_process:
             state = {
                 "step": step,
@@ -260,9 +283,12 @@ class Trainer:
                 "layout": {"batch_size": cfg.batch_size, "processes": acc.num_processes,
                            "accumulation": self.accum, "steps": cfg.steps, "seed": cfg.seed},
                 "config": cfg.to_dict(),
+                "fsdp": self.fsdp,
             }
             if _is_sharded(acc):
                 ckpt.write_json(tmp / "trainer_state.json", state)
+            elif self.fsdp:
+                ckpt.write_main_state(tmp, weights, opt_state, state)
             else:
                 unwrapped = acc.unwrap_model(self.model)
                 ckpt.write_main_state(tmp, trainable_state(unwrapped), self.optimizer.state_dict(), state)
@@ -288,10 +314,13 @@ class Trainer:
     def validate(self, step: int) -> dict[str, Any] | None:
         acc = self.acc
         result = None
-        if acc.is_main_process and self.val_batches:
+        if self.val_batches:
             model = acc.unwrap_model(self.model)
             with acc.autocast():
                 result = {"step": step, **teacher_forced_iou(model, self.val_batches, acc.device)}
+            if not acc.is_main_process:  # an FSDP process that took part in the forward
+                result = None
+        if result is not None:
             self.validation.append(result)
             if self.writer is not None:
                 self.writer.add_scalar("val/gIoU", result["gIoU"], step)
@@ -333,10 +362,14 @@ class Trainer:
                 batch = to_device(batch, acc.device)
                 step_samples += batch["input_ids"].shape[0]
                 sync = micro == self.accum - 1
-                ctx = contextlib.nullcontext() if sync else acc.no_sync(self.model)
+                # ZeRO-2 has no no_sync; accelerate tells the engine where the step ends instead.
+                ctx = contextlib.nullcontext() if sync or self.deepspeed else acc.no_sync(self.model)
+                if self.deepspeed:
+                    acc.gradient_state._set_sync_gradients(sync)
                 with ctx:
                     out = self.model(**batch, return_logits=False)
-                    acc.backward(out.loss / self.accum)
+                    # DeepSpeed divides by its gradient_accumulation_steps itself.
+                    acc.backward(out.loss if self.deepspeed else out.loss / self.accum)
                 for k in LOSS_PARTS:
                     v = getattr(out, k)
                     if v is not None:
@@ -385,6 +418,10 @@ class Trainer:
             history=self.history, validation=self.validation, skipped=dict(skipped.distinct()),
             stopped_early=stopped, precision={"chosen": self.precision.name, "reason": self.precision.reason},
         )
+        # FSDP: the whole model gathered into an unsharded one on the main process (None elsewhere).
+        final = fsdp.consolidate(self.model, cfg) if self.fsdp and not stopped else None
+        if not self.fsdp:
+            final = acc.unwrap_model(self.model)
         if acc.is_main_process:
             if skipped.distinct() or skipped.replacements:
                 print(skipped.report())  # distinct bad samples; replacements apart
@@ -392,8 +429,8 @@ class Trainer:
             # reason -> distinct bad samples (as before), plus the replacements and which samples
             ckpt.write_json(self.out / "skipped.json", {**skipped.distinct(), "details": skipped.to_state()})
             if not stopped:
-                result.export_dir = export_model(acc.unwrap_model(self.model), self.processor, self.export_dir)
-        result.model, result.processor = acc.unwrap_model(self.model), self.processor
+                result.export_dir = export_model(final, self.processor, self.export_dir)
+        result.model, result.processor = final, self.processor
         self.model = None
         self.close()
         return result
