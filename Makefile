@@ -15,11 +15,13 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(PIP) install -c constraints.txt -e .
 
-# Everything the tests need: serve (gradio) and judge extras, pytest, ruff, and the npm
-# playwright-core driver of the web-demo browser test (it uses Debian's /usr/bin/chromium).
+# Everything the tests need: serve (gradio) and judge extras, pytest, ruff, the npm
+# playwright-core driver of the web-demo browser test, and Debian's chromium it drives
+# (installed with apt-get when missing and we are root; otherwise a one-line message).
 install-dev: $(BIN)/python
 	$(PIP) install -c constraints.txt -e ".[dev]"
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	tools/ensure-chromium.sh
 
 demo: install
 	$(BIN)/pixellm demo --out $(DEMO_OUT)

@@ -1,11 +1,16 @@
-"""Training throughput (samples/s) and peak memory of the tiny preset on this machine.
+"""Training throughput (samples/s), peak memory and MFU of the tiny preset on this machine.
 
-Runs the demo recipe (batch 32, all but CLIP trainable, lr 1e-3) on a small synthetic set for a
-few steps, once with bf16 autocast and once in fp32, each in its own process so that peak RSS is
-per setting. The first steps (allocator / kernel warm-up) are excluded from the throughput.
-Writes ``benchmarks/results/train.json``.
+Runs the demo recipe on a small synthetic set for a few steps, once with bf16 autocast and once
+in fp32, each in its own process so that peak RSS is per setting. The first steps (allocator /
+kernel warm-up) are excluded. Each run also records the CPU capability PyTorch dispatches to, what
+``precision: auto`` would choose here (and why), the FLOPs of one training step (forward +
+backward, ``FlopCounterMode``), the peak fp32 GEMM FLOP/s measured in the same process, and the
+ratio of achieved to peak FLOP/s (model FLOPs utilisation). Writes ``benchmarks/results/train.json``.
 
     python benchmarks/bench_train.py [--steps 30] [--warmup 5] [--batch 32]
+    # the AVX2 class (no native bf16) on a newer CPU:
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/bench_train.py --out benchmarks/results/train_avx2.json
 """
 
 from __future__ import annotations
@@ -43,11 +48,20 @@ def one_run(precision: str, steps: int, warmup: int, batch: int) -> dict:
         t0 = time.perf_counter()
         result = trainer.run()
         wall = time.perf_counter() - t0
+        flops = step_flops(cfg, batch)
+        peak = gemm_peak_flops()
         # history has one entry per step (log_every=1) with that step's samples/s
         timed = result.history[warmup:]
         seconds = sum(batch / h["samples_per_s"] for h in timed)
+        step_s = seconds / len(timed)
         return {
             "precision": precision,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "auto_would_choose": dict(result.precision) if precision == "auto" else _auto_choice(),
+            "step_gflop": round(flops / 1e9, 1),
+            "achieved_gflop_per_s": round(flops / step_s / 1e9, 1),
+            "fp32_gemm_peak_gflop_per_s": round(peak / 1e9, 1),
+            "mfu_vs_fp32_gemm_peak": round(flops / step_s / peak, 3),
             "batch": batch,
             "timed_steps": len(timed),
             "samples_per_second": round(len(timed) * batch / seconds, 2),
@@ -59,11 +73,51 @@ def one_run(precision: str, steps: int, warmup: int, batch: int) -> dict:
         }
 
 
+def _auto_choice() -> dict:
+    from pixellm.train.precision import resolve_precision
+
+    choice = resolve_precision("auto")
+    return {"chosen": choice.name, "reason": choice.reason}
+
+
+def step_flops(cfg, batch: int) -> float:
+    """FLOPs of one training step (forward + backward) on a batch of the training data."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixellm.train.data import build_training_data, collate_train
+    from pixellm.train.setup import build_model
+
+    model, processor = build_model(cfg)
+    dataset, _ = build_training_data(cfg.data, processor, cfg.seed)
+    items = collate_train([dataset[i] for i in range(batch)], processor.pad_token_id)
+    items.pop("skips")
+    with FlopCounterMode(display=False) as counter:
+        model(**items, return_logits=False).loss.backward()
+    return float(counter.get_total_flops())
+
+
+def gemm_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of an n x n x n matmul with this process's threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -81,16 +135,21 @@ def main() -> None:
     load = os.getloadavg()
     result = {
         "benchmark": "tiny preset training (demo recipe)",
+        "command": " ".join(["python", "benchmarks/bench_train.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_capability": runs[1]["cpu_capability"],
+                    "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                                             "ONEDNN_MAX_CPU_ISA") if k in os.environ},
                     "load_average_1_5_15": [round(x, 2) for x in load],
                     "note": "shared 2-core machine: other jobs may have run at the same time"},
         "runs": runs,
         "bf16_speedup": round(runs[0]["samples_per_second"] / runs[1]["samples_per_second"], 2),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"bf16: {runs[0]['samples_per_second']} samples/s, peak RSS {runs[0]['peak_rss_mib']} MiB; "
-          f"fp32: {runs[1]['samples_per_second']} samples/s, peak RSS {runs[1]['peak_rss_mib']} MiB -> {RESULTS}")
+          f"fp32: {runs[1]['samples_per_second']} samples/s, peak RSS {runs[1]['peak_rss_mib']} MiB, "
+          f"MFU {runs[1]['mfu_vs_fp32_gemm_peak']:.0%} -> {args.out}")
 
 
 if __name__ == "__main__":

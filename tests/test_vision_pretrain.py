@@ -1,0 +1,87 @@
+"""Stage 1 (``pixellm.train.vision_pretrain``): the dense per-pixel task trains the tower so that
+what the LLM reads tells shapes apart, and the demo caches its result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pixellm.data.synth import SynthConfig, write_synth
+from pixellm.model.configuration_pixellm import PixelLMConfig
+from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+from pixellm.train.demo import _split_dense, largest_object_shape, shape_probe
+from pixellm.train.setup import processor_for_config
+from pixellm.train.vision_pretrain import (
+    DensePixelHead,
+    VisionPretrainConfig,
+    cached_result,
+    dense_set_from_muse,
+    pretrain_vision_tower,
+    save_pretrained_tower,
+)
+
+
+def test_dense_head_maps_each_token_to_its_own_pixels():
+    head = DensePixelHead(dim=4, num_classes=3, patch=2)
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(torch.arange(12.0))  # class k, pixel (i, j) -> 4k + 2i + j
+    tokens = torch.zeros(1, 4, 4)  # a 2 x 2 patch grid
+    out = head(tokens)
+    assert out.shape == (1, 3, 4, 4)
+    # every patch repeats the same 2 x 2 pattern per class, laid out row-major
+    assert torch.equal(out[0, 1, :2, :2], torch.tensor([[4.0, 5.0], [6.0, 7.0]]))
+    assert torch.equal(out[0, 2, 2:, 2:], torch.tensor([[8.0, 9.0], [10.0, 11.0]]))
+
+
+def test_dense_set_labels_follow_the_annotations(tmp_path):
+    write_synth(tmp_path, {"train": 12}, seed=1)
+    cfg = PixelLMConfig.from_preset("tiny")
+    processor = processor_for_config(cfg, 160)
+    dense = dense_set_from_muse(tmp_path / "train.json", processor.image_processor)
+    records = json.loads((tmp_path / "train.json").read_text())
+    assert len(dense) == len(records)
+    assert dense.labels.shape == (len(records), 64, 64)
+    # each image has as many foreground classes as annotations, areas as annotated
+    for rec, lab in zip(records, dense.labels):
+        classes = [dense.categories.index(a["category_id"]) + 1 for a in rec["ann_list"]]
+        for cls, ann in zip(classes, rec["ann_list"]):
+            assert int((lab == cls).sum()) == ann["area"]
+
+
+@pytest.mark.slow
+def test_stage1_loss_falls_and_the_llm_grid_learns_shape(tmp_path):
+    torch.manual_seed(0)
+    # one shape per image: the largest object's shape is the image's shape, so the probe
+    # measures shape alone (colour and size carry no information about it)
+    scenes = SynthConfig(min_shapes=1, max_shapes=2, questions_per_image=1)
+    write_synth(tmp_path, {"train": 900}, seed=0, cfg=scenes)
+    cfg = PixelLMConfig.from_preset("tiny")
+    model = PixelLMForCausalLM(cfg)
+    processor = processor_for_config(cfg, 160)
+    dense = dense_set_from_muse(tmp_path / "train.json", processor.image_processor)
+    shapes = largest_object_shape(tmp_path / "train.json")
+    n_fit = len(dense) - 300
+    fit, held = _split_dense(dense, n_fit)
+    before = shape_probe(model, dense, shapes, n_fit)
+    recipe = VisionPretrainConfig(steps=250, batch_size=16, lr=2e-3)
+    result = pretrain_vision_tower(model.vision_tower, fit, cfg.vision_select_layers, recipe, held_out=held)
+    after = shape_probe(model, dense, shapes, n_fit)
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.5 * first
+    majority = max(shapes[n_fit:].count(s) for s in set(shapes)) / (len(shapes) - n_fit)
+    assert after > before + 0.1, (before, after)
+    assert after > majority + 0.15, (majority, after)
+    assert not any(p.requires_grad for p in model.vision_tower.parameters())  # left frozen
+
+    # saved as a plain CLIP folder, found again only with the same fingerprint
+    folder = save_pretrained_tower(model.vision_tower, tmp_path / "tower", result, {"a": 1})
+    assert cached_result(folder, {"a": 1}) is not None
+    assert cached_result(folder, {"a": 2}) is None
+    from pixellm.train.base import load_clip
+
+    _, clip = load_clip(folder)
+    for (name, p), q in zip(model.vision_tower.state_dict().items(), clip.state_dict().values()):
+        assert torch.equal(p, q), name
