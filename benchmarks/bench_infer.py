@@ -81,7 +81,7 @@ def mid_size_processor():
 
 def tokens_for_targets(processor, k: int) -> int:
     """New tokens that end right after the k-th codebook group of the scripted answer."""
-    from pixellm.processing.conversation import expand_seg
+    from pixellm.conventions import expand_seg
 
     tok, n = processor.tokenizer, len(processor.codebook_token_ids)
     first = len(tok(expand_seg(ANSWER.replace(LOOP, ""), n), add_special_tokens=False).input_ids)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from pixellm.conventions import grid_valid_mask
 from pixellm.model.configuration_pixellm import CLIP_VIT_L_336
 from pixellm.model.vision import clip_multiscale_features, interpolate_position_embeddings
-from pixellm.processing.image_processing import grid_valid_mask
 
 LAYERS = [-2, -11]
 S, PATCH, RESIZED = 448, 14, (299, 448)

@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
+from pixellm.conventions import IGNORE_INDEX
 from pixellm.errors import InputError
-
-IGNORE_INDEX = -100
 
 
 def _pad(seqs: list[torch.Tensor], value: int, length: int, left: bool) -> torch.Tensor:

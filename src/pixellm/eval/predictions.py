@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from pixellm.conventions import SEG_MARKER
 from pixellm.data.masks import check_rle_counts, decode_rle
 from pixellm.errors import DataError
 
-SEG_MARKER = "[SEG]"
 GENERATED = "generated"
 TEACHER_FORCED = "teacher_forced"
 

@@ -1,27 +1,20 @@
 """Pictures and text of a prediction: every target in its own colour, in the image and in the
-answer (the few words before each ``[SEG]`` name the target)."""
+answer (the words before each ``[SEG]`` name the target: ``pixellm.conventions.target_phrases``)."""
 
 from __future__ import annotations
 
 import html
-import re
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-SEG_MARKER = "[SEG]"
+from pixellm.conventions import SEG_MARKER, target_phrases
+
 # Distinct, colour-blind-friendly hues (Okabe-Ito + Tableau), cycled for more targets.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
     (204, 121, 167), (148, 103, 189), (140, 86, 75), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
-_STOP = {
-    "a", "an", "the", "is", "are", "and", "or", "on", "in", "at", "to", "of", "by", "with", "it", "its",
-    "they", "this", "that", "these", "those", "there", "here", "be", "can", "you", "use", "sit", "for",
-}
-_BOUNDARY = re.compile(r"[.,;:!?()\n]")
-
-
 def colour(index: int) -> tuple[int, int, int]:
     """RGB colour of target ``index`` (0-based)."""
     return PALETTE[index % len(PALETTE)]
@@ -33,18 +26,10 @@ def hex_colour(index: int) -> str:
 
 def split_answer(answer: str) -> tuple[list[str], list[str]]:
     """``answer`` -> (text pieces, target names): ``pieces[i]`` precedes marker i (the last piece
-    follows the last marker); ``names[i]`` = the last few content words of ``pieces[i]``'s final
-    clause (``"You can sit on the chair [SEG]"`` -> ``"chair"``), or ``"target i+1"``."""
-    pieces = answer.split(SEG_MARKER)
-    names = []
-    for i, piece in enumerate(pieces[:-1]):
-        clause = _BOUNDARY.split(piece)[-1]
-        words = re.findall(r"[\w'-]+", clause)[-3:]
-        while len(words) > 1 and words[0].lower() in _STOP:
-            words = words[1:]
-        name = " ".join(words)
-        names.append(name if name and name.lower() not in _STOP else f"target {i + 1}")
-    return pieces, names
+    follows the last marker); ``names[i]`` = ``target_phrases(answer)[i]``
+    (``"You can sit on the chair [SEG]"`` -> ``"chair"``), or ``"target i+1"`` when empty."""
+    names = [p or f"target {i + 1}" for i, p in enumerate(target_phrases(answer))]
+    return answer.split(SEG_MARKER), names
 
 
 def target_names(answer: str) -> list[str]:

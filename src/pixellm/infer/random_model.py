@@ -111,7 +111,7 @@ def scripted_pixellm(
     repeating from the first occurrence of ``loop_from`` (a suffix of ``answer``) until the token
     limit, or ending with EOS when ``loop_from`` is None. ``strength``: embedding norm of the
     scripted tokens (raise it for wider / deeper models, whose random layers add more)."""
-    from pixellm.processing.conversation import expand_seg
+    from pixellm.conventions import expand_seg
 
     model = random_pixellm(processor, **kwargs)
     tok = processor.tokenizer

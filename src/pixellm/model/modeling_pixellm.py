@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from pixellm.conventions import find_codebook_groups, grid_valid_mask
 from pixellm.errors import InputError
 from pixellm.losses import dice_per_mask, refinement_bce_per_mask
 from pixellm.model.codebook import MaskFusion, TokenFusion, build_text_hidden_fcs
@@ -35,8 +36,6 @@ from pixellm.model.mask_decoder import MultiScaleMaskDecoder
 from pixellm.model.projector import build_neck, build_projector
 from pixellm.model.prompt_encoder import PromptEncoder
 from pixellm.model.vision import clip_multiscale_features
-from pixellm.processing.conversation import find_codebook_groups
-from pixellm.processing.image_processing import grid_valid_mask
 
 
 @dataclass

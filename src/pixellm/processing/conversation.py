@@ -10,11 +10,18 @@ Sequence layout of one training sample (``I`` = ``image_token_index`` repeated
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pixellm.conventions import (  # noqa: F401  (re-exported: the old import path)
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    SEG_MARKER,
+    count_seg,
+    expand_seg,
+    find_codebook_groups,
+)
 from pixellm.errors import InputError
 
 if TYPE_CHECKING:
@@ -28,23 +35,6 @@ ROLES = ("USER", "ASSISTANT")
 SEP, SEP2 = " ", "</s>"  # llava_v1: after a user turn / after an assistant turn
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_BLOCK = "<im_start><image><im_end>"
-IMAGE_TOKEN_INDEX = -200  # released constant; never a vocabulary id
-IGNORE_INDEX = -100
-SEG_MARKER = "[SEG]"  # one marker per group in decoded answers
-_SEG_RE = re.compile(r"\{seg\}|\[SEG\]")
-
-
-def count_seg(answer: str) -> int:
-    """Number of ``{seg}`` / ``[SEG]`` markers in an answer."""
-    return len(_SEG_RE.findall(answer))
-
-
-def expand_seg(answer: str, n_tokens: int) -> str:
-    """Replace each ``{seg}`` / ``[SEG]`` by ``[SEG0][SEG1]..[SEG{n-1}]`` (one group = one target)."""
-    group = "".join(f"[SEG{i}]" for i in range(n_tokens))
-    return _SEG_RE.sub(group, answer)
-
-
 def build_prompt(
     question: str,
     answer: str | None = None,
@@ -90,40 +80,6 @@ def tokenize_with_image(
             ids.extend([image_token_index] * num_image_tokens)
         ids.extend(tokenizer(chunk, add_special_tokens=(i == 0)).input_ids)
     return ids
-
-
-def find_codebook_groups(
-    ids: Sequence[int], codebook_ids: Sequence[int]
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Locate codebook groups in a token sequence.
-
-    A complete group is ``codebook_ids`` in order, contiguous. Any other run of codebook tokens
-    (wrong order, cut short) is an incomplete fragment; a fragment ends where a non-codebook
-    token or a complete group begins.
-
-    Returns:
-        (complete, incomplete): lists of ``(start, end)`` half-open token spans.
-    """
-    n = len(codebook_ids)
-    cb = list(codebook_ids)
-    members = set(cb)
-    seq = list(ids)
-    complete: list[tuple[int, int]] = []
-    incomplete: list[tuple[int, int]] = []
-    i = 0
-    while i < len(seq):
-        if seq[i] not in members:
-            i += 1
-        elif seq[i : i + n] == cb:
-            complete.append((i, i + n))
-            i += n
-        else:
-            j = i + 1
-            while j < len(seq) and seq[j] in members and seq[j : j + n] != cb:
-                j += 1
-            incomplete.append((i, j))
-            i = j
-    return complete, incomplete
 
 
 @dataclass

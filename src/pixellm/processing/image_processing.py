@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pixellm.conventions import grid_valid_mask
 from pixellm.errors import ConfigError, DataError, InputError
 
 logger = logging.getLogger(__name__)
@@ -163,27 +164,6 @@ def resized_size(height: int, width: int, image_size: int) -> tuple[int, int]:
     """
     scale = image_size / max(height, width)
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-
-
-def grid_valid_mask(resized_sizes: torch.Tensor, image_size: int, grid: int) -> torch.Tensor:
-    """Which cells of a ``grid x grid`` partition of the padded ``S x S`` input cover real pixels.
-
-    Cell (r, c) is valid iff ``r*S/G < h'`` and ``c*S/G < w'`` (computed as ``r*S < h'*G`` in
-    integers). With ``G = S / patch`` this is CLIP's patch mask; with the LLM grid, the image-token mask.
-
-    Args:
-        resized_sizes: Long ``[B, 2]`` (h', w') or ``[2]``.
-    Returns:
-        Bool ``[B, G, G]`` (or ``[G, G]`` for a single size).
-    """
-    sizes = torch.as_tensor(resized_sizes, dtype=torch.long)
-    single = sizes.ndim == 1
-    sizes = sizes.reshape(-1, 2)
-    starts = torch.arange(grid, dtype=torch.long, device=sizes.device) * image_size  # r*S vs h'*G
-    rows = starts[None, :] < (sizes[:, 0:1] * grid)  # [B, G]
-    cols = starts[None, :] < (sizes[:, 1:2] * grid)  # [B, G]
-    valid = rows[:, :, None] & cols[:, None, :]
-    return valid[0] if single else valid
 
 
 def read_config_json(path: Path) -> dict[str, Any]:

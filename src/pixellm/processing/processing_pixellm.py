@@ -18,22 +18,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pixellm.data.collate import collate
-from pixellm.errors import ConfigError, InputError
-from pixellm.processing.conversation import (
+from pixellm.conventions import (
     IMAGE_TOKEN_INDEX,
     SEG_MARKER,
-    SYSTEM_PROMPT,
-    build_prompt,
     count_seg,
-    encode_conversation,
     find_codebook_groups,
+    grid_valid_mask,
 )
+from pixellm.data.collate import collate
+from pixellm.errors import ConfigError, InputError
+from pixellm.processing.conversation import SYSTEM_PROMPT, build_prompt, encode_conversation
 from pixellm.processing.image_processing import (
     IMAGE_PROCESSOR_FILE,
     ImageInput,
     PixelLMImageProcessor,
-    grid_valid_mask,
     read_config_json,
 )
 from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer

