@@ -1,6 +1,6 @@
 """One-GPU scaling figures for docs/scaling.md: tokens/s, peak memory and the largest micro-batch
 that fits, for the tiny preset and randomly initialised 7B / 13B-shaped PixelLM, 448 px, 512
-tokens, bf16 autocast, LoRA (SPEC recipe: CLIP and LLM frozen), gradient checkpointing off / on.
+tokens, bf16 autocast, LoRA (docs/training.md recipe: CLIP and LLM frozen), gradient checkpointing off / on.
 
 One process on one GPU: model states are those of one replica (DDP); the per-GPU figure of 8-GPU
 ZeRO-2 / FSDP is the measured activation part plus the sharded model states of the table in

@@ -1,4 +1,4 @@
-"""The command-line surface of INTERFACES.md: every command exists, prints --help, and the
+"""The command-line surface documented in README.md and docs/: every command exists, prints --help, and the
 package import stays light."""
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_default_parameter_count_matches_release():
 
 
 def released_keys() -> dict[str, tuple[int, ...]]:
-    """Expected `model.mask_decoder.*` / `model.prompt_encoder.*` keys and shapes, from SPEC section 9."""
+    """Expected `model.mask_decoder.*` / `model.prompt_encoder.*` keys and shapes, from docs/architecture.md "Released checkpoint layout"."""
     keys: dict[str, tuple[int, ...]] = {}
 
     def linear(prefix: str, out_dim: int, in_dim: int) -> None:

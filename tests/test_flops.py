@@ -96,7 +96,7 @@ def test_pixellm_7b_markedly_cheaper_than_lisa_7b():
     pixellm, lisa = preset_flops("pixellm-7b"), preset_flops("lisa-7b")
     assert pixellm.parts["llm_decode"] == lisa.parts["llm_decode"]  # same LLM, same answer length
     assert pixellm.total < 0.8 * lisa.total
-    # A SAM ViT-H forward costs about as much as generating ~500 tokens with LLaMA-7B (SPEC 10).
+    # A SAM ViT-H forward costs about as much as generating ~500 tokens with LLaMA-7B (paper; docs/tools.md).
     assert 0.5 < lisa.parts["sam_image_encoder"] / lisa.parts["llm_decode"] < 1.5
 
 

@@ -1,4 +1,4 @@
-"""Mask losses: SPEC check value, dice, target refinement weights and groups."""
+"""Mask losses: the check value of docs/architecture.md "Losses", dice, target refinement weights and groups."""
 
 from __future__ import annotations
 

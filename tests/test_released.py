@@ -1,4 +1,4 @@
-"""Released checkpoint layout (SPEC section 9) maps onto our model with no missing/unexpected keys."""
+"""Released checkpoint layout (docs/architecture.md) maps onto our model with no missing/unexpected keys."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pixellm.model.vision import interpolate_position_embeddings
 
 
 def released_layout(h: int, v: int, vocab: int, layers: int, inter: int, c: int = 256) -> dict[str, tuple]:
-    """Key -> shape of a released ``hf_model`` state dict, written from SPEC section 9's table."""
+    """Key -> shape of a released ``hf_model`` state dict, written from the table in docs/architecture.md."""
     keys: dict[str, tuple] = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,),
                               "lm_head.weight": (vocab, h)}
     for i in range(layers):
@@ -77,7 +77,7 @@ def released_layout(h: int, v: int, vocab: int, layers: int, inter: int, c: int 
 
 
 def released_config():
-    # SPEC sizes for everything non-LLM except CLIP width; a 2-layer LLaMA with H = 64.
+    # Released sizes for everything non-LLM except CLIP width; a 2-layer LLaMA with H = 64.
     return small_config(
         text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, vocab_size=100),
@@ -288,7 +288,7 @@ def test_masks_are_resized_to_the_longer_resized_side_then_cropped(resized):
 
 
 def test_prediction_runs_clip_once_and_decodes_with_the_kv_cache():
-    """Defect fix (SPEC section 8): the released inference re-encodes the image for the decoder
+    """Defect fix (docs/fidelity.md): the released inference re-encodes the image for the decoder
     and generates with ``use_cache=False``. Ours: one CLIP pass; every step after the prompt feeds
     one new token."""
     import numpy as np

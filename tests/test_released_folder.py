@@ -1,4 +1,4 @@
-"""End to end on a synthetic released-format folder (SPEC section 9, docs/fidelity.md):
+"""End to end on a synthetic released-format folder (docs/architecture.md, docs/fidelity.md):
 ``convert-released`` then ``Predictor``, for safetensors and ``.bin`` shards.
 
 The folder is written the way the authors' merge script writes ``hf_model/``: a LLaVA-style

@@ -88,7 +88,7 @@ def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.preset == name
     if name != "tiny":
-        # Released mix and sampling rates (SPEC section 4), LoRA, Table A.1 recipe.
+        # Released mix and sampling rates (docs/training.md), LoRA, Table A.1 recipe.
         # Like the released HybridDataset: the rate of a type is shared by its data sets.
         rates: dict[str, float] = {}
         for d in cfg.data:

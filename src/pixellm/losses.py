@@ -1,4 +1,4 @@
-"""Mask losses of PixelLM (SPEC section 3): target refinement BCE and dice.
+"""Mask losses of PixelLM (docs/architecture.md, "Losses"): target refinement BCE and dice.
 
 Masks are compared at the original image resolution. `group_sizes` says how many consecutive masks
 belong to one answer; the refinement weight only looks at overlaps inside one answer.

@@ -1,6 +1,6 @@
 """Prompt and answer text shared by every data source.
 
-- Segmentation questions get an instruction suffix: the canonical one (SPEC section 5) for
+- Segmentation questions get an instruction suffix: the canonical one (docs/data.md) for
   inference and evaluation, a random paraphrase in training when an ``rng`` is given.
 - Multi-referring questions/answers (supplement C.3): "Please segment the a, b and c in the
   image." / "a is {seg}, b is {seg} and c is {seg}."

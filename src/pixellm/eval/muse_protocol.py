@@ -1,4 +1,4 @@
-"""The MUSE evaluation protocol (SPEC.md section 6; supplement A, "Details of the evaluation metric").
+"""The MUSE evaluation protocol (docs/evaluation.md; supplement A, "Details of the evaluation metric").
 
 Per question-answer sample with G GT masks and K predicted masks, P = max(G, K):
 1. Hungarian matching on exact BCE + Dice costs, both sets padded with empty masks to P

@@ -1,7 +1,7 @@
 """Ordered referring-segmentation metrics (LISA-compatible) with gRefCOCO-style no-target accuracy.
 
 The i-th predicted mask is compared with the i-th target (multi-referring answers keep the order
-of the names in the question, SPEC.md section 5). Per mask slot i < max(G, K), a missing mask on
+of the names in the question, docs/data.md). Per mask slot i < max(G, K), a missing mask on
 either side is empty:
 
     IoU_i = I_i / U_i, and 1 when U_i = 0 (LISA adds 1 for an empty-vs-empty pair)

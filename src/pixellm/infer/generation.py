@@ -1,7 +1,7 @@
 """Generation with the KV cache that also returns, for every new token, the final (post-norm)
 LLM hidden state that predicted it.
 
-Why: the embedding of a codebook token is the hidden state *before* it (SPEC section 2). The
+Why: the embedding of a codebook token is the hidden state *before* it (docs/architecture.md, "Model, as released"). The
 released code regenerates the whole answer without a cache to get those states; here they come
 out of the one cached ``generate`` call (``output_hidden_states=True``): step 0 is the prefill
 (states ``B x T_prompt x H``, its last position predicted new token 0), step ``t > 0`` holds

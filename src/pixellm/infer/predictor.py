@@ -54,7 +54,7 @@ class PredictionResult:
         return int(self.masks.shape[0])
 
     def to_json(self, image: int | None = None, question: int | None = None) -> dict[str, Any]:
-        """A ``PRED.jsonl`` line (INTERFACES.md): ``answer`` + COCO RLE ``masks`` (+ indices)."""
+        """A ``PRED.jsonl`` line (docs/evaluation.md): ``answer`` + COCO RLE ``masks`` (+ indices)."""
         out: dict[str, Any] = {}
         if image is not None:
             out["image"] = int(image)

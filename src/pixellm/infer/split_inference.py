@@ -1,4 +1,4 @@
-"""Predictions for a whole split, written as ``PRED.jsonl`` (INTERFACES.md), batched and resumable.
+"""Predictions for a whole split, written as ``PRED.jsonl`` (docs/evaluation.md), batched and resumable.
 
 Resuming: the output file is read first; every complete line's (image, question, mode) is
 skipped, and a partially written last line (a crash mid-write) is cut off before appending.

@@ -76,8 +76,8 @@ class PixelLMConfig(PreTrainedConfig):
     image_token_index: int = -200
     mask_padded_image_tokens: bool = True
     projector_hidden_act: str = "gelu"
-    # attention kernel of the LLM (None = transformers' default); the tiny preset uses "eager",
-    # measured 1.15x faster per training step than SDPA on CPU at its sizes
+    # attention kernel of the LLM (None = transformers' default); the tiny preset uses "eager"
+    # (faster on CPU at its sizes: docs/architecture.md, "Measured choices")
     llm_attn_implementation: str | None = None
 
     # codebook and fusion

@@ -17,7 +17,7 @@ LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 
 
 def lora_settings(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: list[str] | None = None) -> dict:
-    """The dict stored in ``config.lora`` (SPEC section 1 defaults)."""
+    """The dict stored in ``config.lora`` (defaults of docs/training.md, "Recipe")."""
     return {"r": int(r), "alpha": int(alpha), "dropout": float(dropout),
             "target_modules": list(target_modules or ["q_proj", "v_proj"])}
 

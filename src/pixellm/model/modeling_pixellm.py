@@ -1,6 +1,6 @@
 """``PixelLMForCausalLM``: CLIP + any HF causal LM + segmentation codebook + pixel decoder.
 
-Flow of one forward pass (SPEC section 2):
+Flow of one forward pass (docs/architecture.md, "Model, as released"):
 
 1. CLIP (frozen) -> selected hidden states ``L x [B, G*G, C_v]`` (padded patches masked).
 2. Scale 0 resized to ``g x g`` -> ``mm_projector`` -> ``g*g`` LLM image tokens, placed where
@@ -248,8 +248,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         grid = features.decoder.shape[-1]
         pe = self.prompt_encoder.get_dense_pe(grid, grid)
         dense = self.prompt_encoder.dense_embedding(grid, grid)
-        # CPU bf16 autocast slows the decoder's many small attentions (measured 1.7x), so the
-        # decoder runs in fp32 on CPU; on accelerators autocast stays as the caller set it.
+        # CPU bf16 autocast slows the decoder's many small attentions (docs/architecture.md,
+        # "Measured choices"), so the decoder runs in fp32 on CPU; on accelerators autocast stays.
         on_cpu = features.decoder.device.type == "cpu"
         if seg_embeddings.shape[0]:
             with torch.autocast("cpu", enabled=False) if on_cpu else contextlib.nullcontext():
@@ -387,7 +387,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
 
     # -- training setup ------------------------------------------------------------------------
     def configure_trainable(self, train_embeddings: bool = True) -> None:
-        """SPEC section 4: CLIP and the base LLM frozen; new embeddings/lm_head, projectors,
+        """docs/training.md recipe: CLIP and the base LLM frozen; new embeddings/lm_head, projectors,
         text_hidden_fcs, neck, decoder, fusion weights (and LoRA, added by peft) trainable."""
         for p in self.parameters():
             p.requires_grad_(False)

@@ -1,6 +1,6 @@
 """Key mapping from the released PixelLM checkpoints (``hf_model/``, LoRA merged) to ours.
 
-Released layout (SPEC section 9): LLaMA keys are the standard HF ones under ``model.`` /
+Released layout (docs/architecture.md, "Released checkpoint layout"): LLaMA keys are the standard HF ones under ``model.`` /
 ``lm_head.``; the pixel modules sit under ``model.<name>``. CLIP is not in the checkpoint.
 We keep the released module names, so the mapping is a prefix change; the prompt encoder's
 point / mask-downscaling weights are unused by PixelLM and dropped, and so are LLaMA's rotary

@@ -1,6 +1,6 @@
 """Image preprocessing of the released model: resize the longest side, normalise, zero-pad.
 
-Steps (SPEC section 2): RGB; resize so the longest side is ``image_size`` with PIL bilinear and
+Steps (docs/architecture.md, "Model, as released"): RGB; resize so the longest side is ``image_size`` with PIL bilinear and
 ``new = int(scale * old + 0.5)`` (SAM's ``ResizeLongestSide``); normalise on the 0-255 scale with
 the released mean/std; zero-pad bottom/right to ``image_size x image_size`` (after normalising,
 so the padding is 0 in normalised space). Grid-validity masks say which patches / LLM image cells

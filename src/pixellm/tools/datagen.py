@@ -1,4 +1,4 @@
-"""MUSE-style data generation and filtering through an OpenAI-compatible chat API (SPEC section 7).
+"""MUSE-style data generation and filtering through an OpenAI-compatible chat API (docs/tools.md).
 
 ``generate``: per image, send the picture (base64 data URL), every instance's category and box
 and the requirements of the supplement's Figure C.3; the model answers with JSON question-answer

@@ -130,7 +130,7 @@ def _read_tensors(keys: list[str], shapes: dict[str, tuple[tuple[int, ...], Path
 
 
 def projector_shapes(vision_hidden: int, hidden: int) -> dict[str, tuple[int, ...]]:
-    """PixelLM's ``mm_projector`` (SPEC section 9): Linear(V, 2H) -> GELU -> Linear(2H, H)."""
+    """PixelLM's ``mm_projector`` (docs/architecture.md, "Released checkpoint layout"): Linear(V, 2H) -> GELU -> Linear(2H, H)."""
     return {"0.weight": (2 * hidden, vision_hidden), "0.bias": (2 * hidden,),
             "2.weight": (hidden, 2 * hidden), "2.bias": (hidden,)}
 

@@ -40,7 +40,7 @@ class DataSource:
 
 @dataclass
 class LoraSettings:
-    """peft LoRA on the LLM (SPEC section 1: r 8, alpha 16, dropout 0.05 on q_proj, v_proj)."""
+    """peft LoRA on the LLM (docs/training.md recipe: r 8, alpha 16, dropout 0.05 on q_proj, v_proj)."""
 
     enabled: bool = True
     r: int = 8
@@ -68,7 +68,7 @@ class TrainConfig:
     base_llm: str | None = None  # an HF causal LM folder (e.g. LLaVA-7B) for a fresh PixelLM
     vision_weights: str | None = None  # a CLIP vision folder (with base_llm, or for a random preset)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # PixelLMConfig fields
-    # "pixellm": SPEC section 4 (CLIP + base LLM frozen, LoRA); "all_but_vision": also the whole
+    # "pixellm": docs/training.md recipe (CLIP + base LLM frozen, LoRA); "all_but_vision": also the whole
     # LLM (for from-scratch tiny models, where a frozen random LLM cannot learn); "all": everything.
     trainable: Literal["pixellm", "all_but_vision", "all"] = "pixellm"
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -58,9 +58,10 @@ def merge_lora(model: PixelLMForCausalLM) -> PixelLMForCausalLM:
 def load_pixellm(path: str | os.PathLike, merge: bool = False, dtype: torch.dtype | None = None) -> PixelLMForCausalLM:
     """Load a saved PixelLM model, merged or with LoRA adapters (``config.lora`` set).
 
-    Plain checkpoints go through ``PixelLMForCausalLM.from_pretrained``. Unmerged ones are built
-    from the config, adapters injected, then loaded strictly (no missing or unexpected keys);
-    ``merge=True`` merges them afterwards.
+    Every checkpoint goes through ``PixelLMForCausalLM.from_pretrained``: when ``config.lora`` is
+    set, the model's constructor injects the adapters before the weights are loaded, so the
+    adapter weights load like any other. ``dtype`` casts after loading; ``merge=True`` merges the
+    adapters afterwards.
     """
     from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 

@@ -147,7 +147,7 @@ def enable_gradient_checkpointing(model: PixelLMForCausalLM) -> None:
 
 
 def set_trainable(model: PixelLMForCausalLM, mode: str) -> None:
-    """``pixellm``: SPEC section 4 (``model.configure_trainable``); ``all_but_vision``: also the
+    """``pixellm``: docs/training.md recipe (``model.configure_trainable``); ``all_but_vision``: also the
     whole LLM; ``all``: every parameter (the unused IoU head stays frozen: it never gets a grad)."""
     model.configure_trainable()
     if mode == "pixellm":

