@@ -2,7 +2,7 @@
 
 Model: mid-size random PixelLM (LLaMA 8 layers x hidden 512, CLIP 6 layers x 384 at 224 px with
 patch 14 -> 256 image tokens, released-size pixel decoder), scripted so that greedy decoding
-answers with K targets (``pixellm.infer.random_model``).
+answers with K targets (``pixellm.testing``).
 
 Measured (``--repeats`` interleaved runs after one warm-up; medians, and minima):
 - ``pixellm``: ``Predictor(image, question)`` end to end (preprocessing, one vision pass,
@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pixellm.infer.generation import GenerationOptions
 from pixellm.infer.predictor import Predictor
-from pixellm.infer.random_model import random_pixellm, scripted_pixellm
+from pixellm.testing import random_pixellm, scripted_pixellm
 
 ANSWER = " you can sit on the big chair [SEG] and put a cup near this small table [SEG]"
 LOOP = " and put a cup near this small table [SEG]"

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from pixellm.data.dataset import MAX_RETRIES, SegmentationDataset, Skip, skip_counts, skipped_report
+from pixellm.data.muse import muse_samples
 from pixellm.errors import ConfigError, DataError, InputError
 
 POLY = [[2, 2, 10, 2, 10, 8, 2, 8]]
@@ -55,8 +56,13 @@ def write_data(tmp_path):
     return path
 
 
+def muse_dataset(path, encode):
+    samples, skipped = muse_samples(path)
+    return SegmentationDataset([samples], encode, [str(path)], skipped)
+
+
 def test_bad_samples_are_replaced_reported_and_counted(tmp_path):
-    ds = SegmentationDataset.from_muse(write_data(tmp_path), fake_encode)
+    ds = muse_dataset(write_data(tmp_path), fake_encode)
     assert len(ds) == 8 and ds.read_skips == {"malformed_record": 1}
     good, none = ds[0], ds[1]
     assert [good["question"], none["question"]] == [
@@ -82,7 +88,7 @@ def test_bad_samples_are_replaced_reported_and_counted(tmp_path):
 
 
 def test_reports_reach_the_main_process_from_workers(tmp_path):
-    ds = SegmentationDataset.from_muse(write_data(tmp_path), fake_encode)
+    ds = muse_dataset(write_data(tmp_path), fake_encode)
     loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=list)
     items = [x for batch in loader for x in batch]
     assert len(items) == 8  # batch sizes stay fixed: every bad sample was replaced
@@ -96,7 +102,7 @@ def test_with_the_real_processor(tmp_path):
     from pixellm.train.data import collate_train
 
     processor = PixelLMProcessor.for_tiny()
-    ds = SegmentationDataset.from_muse(write_data(tmp_path), processor.encode_example)
+    ds = muse_dataset(write_data(tmp_path), processor.encode_example)
     # "explode" is only an error for fake_encode: the real processor encodes it, so it replaces 2..6.
     batch = collate_train([ds[i] for i in range(3)], pad_token_id=0)
     assert batch["input_ids"].shape[0] == 3 and len(batch["skips"]) == 5
@@ -106,7 +112,7 @@ def test_with_the_real_processor(tmp_path):
 
 
 def test_all_bad_sources_and_unknown_reasons_are_clear_errors(tmp_path):
-    ds = SegmentationDataset.from_muse(write_data(tmp_path), fake_encode)
+    ds = muse_dataset(write_data(tmp_path), fake_encode)
     bad = SegmentationDataset([ds.sources[0][2:] * 3], fake_encode, ["junk"])
     assert len(bad) == 18 > MAX_RETRIES
     with pytest.raises(DataError, match=f"{MAX_RETRIES} consecutive bad samples in junk"):

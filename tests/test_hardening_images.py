@@ -15,7 +15,6 @@ from pixellm.cli import main
 from pixellm.data.dataset import SegmentationDataset, _Skip
 from pixellm.data.muse import iter_questions, muse_samples
 from pixellm.errors import DataError
-from pixellm.infer.random_model import save_random_predictor
 from pixellm.processing.image_processing import (
     MAX_PIXELS_ENV,
     ImageTooLarge,
@@ -23,6 +22,7 @@ from pixellm.processing.image_processing import (
     load_image,
     resized_size,
 )
+from pixellm.testing import save_random_predictor
 
 
 def bomb_png(path, width=14000, height=14000):

@@ -15,7 +15,7 @@ from PIL import Image
 from pixellm.cli import main
 from pixellm.errors import ConfigError
 from pixellm.files import DiskFullError, atomic_folder, check_model_folder, disk_guard
-from pixellm.infer.random_model import save_random_predictor
+from pixellm.testing import save_checkpoint, save_random_predictor
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_checkpoint_on_full_disk_is_one_line_and_keeps_the_previous(tmp_path, mo
     from pixellm.train import checkpoint as ckpt
 
     weights = {"w": torch.arange(6.0)}
-    first = ckpt.save_checkpoint(tmp_path, 1, weights, {"state": {}, "param_groups": []}, {"step": 1})
+    first = save_checkpoint(tmp_path, 1, weights, {"state": {}, "param_groups": []}, {"step": 1})
 
     def full_disk_save(obj, path, *a, **k):  # what torch.save does on ENOSPC
         with open(path, "wb") as f:
@@ -131,7 +131,7 @@ def test_checkpoint_on_full_disk_is_one_line_and_keeps_the_previous(tmp_path, mo
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(files_shutil, "disk_usage", lambda p: usage._replace(free=4096))
     with pytest.raises(DiskFullError, match=r"^no space left on the device writing .*checkpoint-00000002$"):
-        ckpt.save_checkpoint(tmp_path, 2, weights, {"state": {}, "param_groups": []}, {"step": 2})
+        save_checkpoint(tmp_path, 2, weights, {"state": {}, "param_groups": []}, {"step": 2})
     assert ckpt.find_latest_checkpoint(tmp_path) == first
     assert torch.equal(ckpt.load_trainable(first)["w"], weights["w"])
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # the half-written folder is gone

@@ -11,7 +11,7 @@ import pytest
 
 from pixellm.errors import InputError
 from pixellm.infer.predictor import Predictor
-from pixellm.infer.random_model import save_random_predictor
+from pixellm.testing import save_random_predictor
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pixellm.eval.predictions import load_predictions
 from pixellm.infer.generation import GenerationOptions
 from pixellm.infer.overlay import answer_html, colour, render_overlay, target_names
 from pixellm.infer.predictor import Predictor
-from pixellm.infer.random_model import scripted_pixellm
 from pixellm.infer.split_inference import parse_data_spec, read_done, run_inference
+from pixellm.testing import scripted_pixellm
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pixellm.cli import main
 from pixellm.data.masks import decode_rle
-from pixellm.infer.random_model import save_random_predictor
+from pixellm.testing import save_random_predictor
 
 
 @pytest.fixture(scope="module")

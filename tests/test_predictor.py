@@ -11,7 +11,7 @@ from pixellm.data.prompts import INSTRUCTION
 from pixellm.errors import ConfigError, DataError, InputError
 from pixellm.infer.generation import GenerationOptions
 from pixellm.infer.predictor import Predictor
-from pixellm.infer.random_model import (
+from pixellm.testing import (
     chain_transitions,
     random_pixellm,
     save_random_predictor,

@@ -87,7 +87,7 @@ def test_batch_of_different_sizes():
 
 def test_patch_mask_wide_and_tall():
     proc = PixelLMImageProcessor(image_size=16, patch_size=4)  # 4 x 4 patch grid
-    mask = proc.patch_attention_mask(torch.tensor([[8, 16], [16, 5]]))
+    mask = grid_valid_mask(torch.tensor([[8, 16], [16, 5]]), proc.image_size, proc.patch_grid)
     assert mask.shape == (2, 4, 4) and mask.dtype == torch.bool
     wide = torch.zeros(4, 4, dtype=torch.bool)
     wide[:2, :] = True  # rows 0,1 cover y < 8

@@ -98,7 +98,7 @@ def test_call_training_right_pads_with_labels(proc):
         proc([image(4, 4)], ["q"], ["a", "b"])
 
 
-def test_decode_answer_complete_and_incomplete_groups(proc):
+def test_parse_answer_complete_and_incomplete_groups(proc):
     tok, cb = proc.tokenizer, proc.codebook_token_ids
 
     def ids(text):
@@ -113,7 +113,7 @@ def test_decode_answer_complete_and_incomplete_groups(proc):
     parsed = proc.parse_answer(torch.tensor(partial))
     assert parsed.text == "The cup  and the bowl[SEG] and"
     assert (parsed.num_groups, parsed.incomplete) == (1, 2)
-    assert proc.decode_answer(ids(" nothing here")) == "nothing here"
+    assert proc.parse_answer(ids(" nothing here")).text == "nothing here"
 
 
 def test_save_load_round_trip_gives_identical_encodings(proc, tmp_path):
@@ -127,7 +127,8 @@ def test_save_load_round_trip_gives_identical_encodings(proc, tmp_path):
     b = loaded.encode_example(image(12, 30), "Where is it?", ANSWER, masks=np.zeros((2, 12, 30), bool))
     for key in ("input_ids", "attention_mask", "labels", "pixel_values", "resized_size", "original_size", "masks"):
         assert torch.equal(a[key], b[key]), key
-    assert loaded.decode_answer(a["labels"][a["labels"] >= 0]) == proc.decode_answer(a["labels"][a["labels"] >= 0])
+    answer_ids = a["labels"][a["labels"] >= 0]
+    assert loaded.parse_answer(answer_ids) == proc.parse_answer(answer_ids)
 
 
 def test_bad_configuration(proc):

@@ -12,7 +12,6 @@ from pixellm.errors import ConfigError
 from pixellm.processing.tokenizer import (
     add_codebook_tokens,
     build_tiny_tokenizer,
-    codebook_token_ids,
     llava_template_text,
 )
 
@@ -73,15 +72,9 @@ def test_add_codebook_tokens_order_idempotent_and_unsplit():
     assert ids == list(range(base, base + 8))
     assert tok.convert_ids_to_tokens(ids) == [f"[SEG{i}]" for i in range(6)] + ["<im_start>", "<im_end>"]
     assert add_codebook_tokens(tok, 6) == ids and len(tok) == base + 8
-    assert codebook_token_ids(tok, 6) == ids[:6]
+    assert tok.convert_tokens_to_ids([f"[SEG{i}]" for i in range(6)]) == ids[:6]
     enc = tok("a[SEG0][SEG1]b <im_start>", add_special_tokens=False).input_ids
     assert ids[0] in enc and ids[1] in enc and ids[6] in enc
-
-
-def test_codebook_token_ids_missing_raises():
-    tok = build_tiny_tokenizer()
-    with pytest.raises(ConfigError, match=r"\[SEG0\]"):
-        codebook_token_ids(tok, 6)
 
 
 def test_save_load_round_trip(tmp_path, tok):

@@ -202,7 +202,7 @@ def test_padding_masks_equal_the_released_nearest_resize(image_size, patch, llm_
     assert torch.equal(torch.cat([torch.ones(len(sizes), 1, dtype=torch.bool), ours], dim=1), keys)
     assert torch.equal(grid_valid_mask(resized, image_size, llm_grid).flatten(1), llm)
     proc = PixelLMImageProcessor(image_size=image_size, patch_size=patch)
-    assert torch.equal(proc.patch_attention_mask(resized).flatten(1), keys[:, 1:])
+    assert torch.equal(grid_valid_mask(resized, proc.image_size, proc.patch_grid).flatten(1), keys[:, 1:])
 
 
 def vision_setup(seed: int = 0):
@@ -295,8 +295,8 @@ def test_prediction_runs_clip_once_and_decodes_with_the_kv_cache():
 
     from pixellm.infer.generation import GenerationOptions
     from pixellm.infer.predictor import Predictor
-    from pixellm.infer.random_model import scripted_pixellm
     from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.testing import scripted_pixellm
 
     processor = PixelLMProcessor.for_tiny()
     model = scripted_pixellm(processor, " the chair [SEG] and this [SEG]", loop_from=" and this [SEG]")

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from pixellm.infer.overlay import colour
-from pixellm.infer.random_model import save_random_predictor
+from pixellm.testing import save_random_predictor
 
 pytestmark = pytest.mark.browser
 

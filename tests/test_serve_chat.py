@@ -13,9 +13,9 @@ from PIL import Image
 
 from pixellm.infer.generation import GenerationOptions
 from pixellm.infer.predictor import Predictor
-from pixellm.infer.random_model import save_random_predictor, scripted_pixellm
 from pixellm.serve.app import answer_request, check_upload
 from pixellm.serve.chat import run_chat
+from pixellm.testing import save_random_predictor, scripted_pixellm
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pixellm.testing import save_checkpoint
 from pixellm.train import checkpoint as ckpt
 from pixellm.train.config import config_from_dict
 from pixellm.train.trainer import train
@@ -87,7 +88,7 @@ def test_resume_without_checkpoint_starts_fresh_and_layout_change_is_refused(syn
 
 def test_crash_before_rename_leaves_no_complete_checkpoint(tmp_path):
     w = {"a": torch.arange(4.0)}
-    ckpt.save_checkpoint(tmp_path, 1, w, None, {"step": 1})
+    save_checkpoint(tmp_path, 1, w, None, {"step": 1})
     tmp = ckpt.prepare_tmp_dir(tmp_path, 2)
     ckpt.write_rng_state(tmp, 0)
     ckpt.write_main_state(tmp, {"a": torch.ones(4)}, None, {"step": 2})
@@ -100,7 +101,7 @@ def test_crash_before_rename_leaves_no_complete_checkpoint(tmp_path):
     (broken / "trainer_state.json").write_text("{")
     assert ckpt.find_latest_checkpoint(tmp_path).name == ckpt.checkpoint_name(1)
     # The next save cleans the stale temporary folder and keeps only the newest `keep`.
-    ckpt.save_checkpoint(tmp_path, 4, w, None, {"step": 4}, keep=1)
+    save_checkpoint(tmp_path, 4, w, None, {"step": 4}, keep=1)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4]
     assert not list(tmp_path.glob(ckpt.TMP_PREFIX + "*"))
     assert torch.equal(ckpt.load_trainable(tmp_path / ckpt.checkpoint_name(4))["a"], w["a"])

@@ -11,8 +11,6 @@ main process from DataLoader workers and is counted only for batches that were r
 
 from __future__ import annotations
 
-import os
-import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,20 +181,6 @@ class SegmentationDataset(Dataset):
             raise ConfigError(f"training data set(s) {empty} have no usable samples")
         self.sizes = [len(s) for s in self.sources]
         self.offsets = np.cumsum([0, *self.sizes])
-
-    @classmethod
-    def from_muse(
-        cls,
-        path: str | os.PathLike,
-        encode: EncodeFn,
-        image_root: str | os.PathLike | None = None,
-        rng: random.Random | None = None,
-    ) -> SegmentationDataset:
-        """Dataset over one MUSE-format file (see ``muse.muse_samples``)."""
-        from pixellm.data.muse import muse_samples
-
-        samples, skipped = muse_samples(path, image_root, rng=rng)
-        return cls([samples], encode, [str(path)], skipped)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

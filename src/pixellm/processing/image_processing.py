@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pixellm.conventions import grid_valid_mask
+from pixellm.conventions import grid_valid_mask  # noqa: F401  (re-exported: the old import path)
 from pixellm.errors import ConfigError, DataError, InputError
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class PixelLMImageProcessor:
     Args:
         image_size: side S of the square model input (448 released, 64 for ``tiny``).
         mean, std: per-channel statistics on the 0-255 scale (released values by default).
-        patch_size: vision patch size, for :meth:`patch_attention_mask` (14 released).
+        patch_size: vision patch size, for the CLIP patch grid (``patch_grid``; 14 released).
     """
 
     def __init__(
@@ -231,10 +231,6 @@ class PixelLMImageProcessor:
             "resized_sizes": torch.tensor(resized, dtype=torch.long),
             "original_sizes": torch.tensor(original, dtype=torch.long),
         }
-
-    def patch_attention_mask(self, resized_sizes: torch.Tensor) -> torch.Tensor:
-        """Bool ``[B, S/p, S/p]``: CLIP patches that cover real pixels (14r < h' and 14c < w')."""
-        return grid_valid_mask(resized_sizes, self.image_size, self.patch_grid)
 
     # --- persistence -------------------------------------------------------------------------
 

@@ -265,13 +265,6 @@ class PixelLMProcessor:
         text = text.replace(self.tokenizer.convert_ids_to_tokens(marker), SEG_MARKER).strip()
         return ParsedAnswer(text, len(complete), len(incomplete), complete)
 
-    def decode_answer(self, token_ids: Sequence[int] | torch.Tensor) -> str:
-        """Text of :meth:`parse_answer`; logs a warning when partial groups were dropped."""
-        parsed = self.parse_answer(token_ids)
-        if parsed.incomplete:
-            logger.warning("dropped %d incomplete codebook group(s) from the answer", parsed.incomplete)
-        return parsed.text
-
     # --- persistence -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -137,13 +137,3 @@ def add_codebook_tokens(tokenizer: PreTrainedTokenizerBase, num_tokens: int) -> 
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
         raise ConfigError(f"tokenizer did not accept the codebook tokens {names}")
     return ids
-
-
-def codebook_token_ids(tokenizer: PreTrainedTokenizerBase, num_tokens: int) -> list[int]:
-    """Ids of ``[SEG0]..[SEG{n-1}]`` (already added); raises ConfigError if one is missing."""
-    names = codebook_token_strings(num_tokens)
-    vocab = tokenizer.get_vocab()
-    missing = [n for n in names if n not in vocab]
-    if missing:
-        raise ConfigError(f"tokenizer lacks codebook tokens {missing}; call add_codebook_tokens first")
-    return [vocab[n] for n in names]

@@ -25,7 +25,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,24 +197,6 @@ def finalize_checkpoint(
         for old in list_checkpoints(out)[:-keep]:
             shutil.rmtree(old[1], ignore_errors=True)
     return final
-
-
-def save_checkpoint(
-    output_dir: str | os.PathLike,
-    step: int,
-    trainable: dict[str, torch.Tensor],
-    optimizer_state: dict[str, Any] | None,
-    trainer_state: dict[str, Any],
-    keep: int | None = None,
-    before_finalize: Callable[[Path], None] | None = None,
-) -> Path:
-    """Single-process convenience: all steps of a checkpoint save in one call."""
-    tmp = prepare_tmp_dir(output_dir, step)
-    write_rng_state(tmp, 0)
-    write_main_state(tmp, trainable, optimizer_state, trainer_state)
-    if before_finalize is not None:
-        before_finalize(tmp)
-    return finalize_checkpoint(output_dir, step, keep)
 
 
 # -- find / load -----------------------------------------------------------------------------------

@@ -31,10 +31,6 @@ class JudgeItem:
     caption: str | None = None
     names: list[str] = field(default_factory=list)  # [G] category names (optional)
 
-    @property
-    def matched_descriptions(self) -> list[str | None]:
-        return [None if g is None else self.descriptions[g] for g in self.matched]
-
 
 class Judge(ABC):
     """Scores the K predictions of one sample. Implementations must be deterministic."""

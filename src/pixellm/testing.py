@@ -1,4 +1,5 @@
-"""Small random-weight PixelLM models for tests, demos of the commands and benchmarks.
+"""Test helpers that ship with the package: small random-weight PixelLM models (for tests,
+trying the commands without a trained model, benchmarks) and a one-call checkpoint save.
 
 A random model's greedy answers are gibberish and almost never contain a complete codebook
 group, so nothing would exercise the mask path. :func:`script_answer` edits the embeddings and
@@ -11,7 +12,8 @@ still depend on the image and the context.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,3 +143,23 @@ def save_random_predictor(directory: str | os.PathLike, answer: str | None = Non
     model = scripted_pixellm(processor, answer, **kwargs) if answer else random_pixellm(processor, **kwargs)
     model.save_pretrained(str(directory))
     processor.save_pretrained(directory)
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    trainer_state: dict[str, Any],
+    keep: int | None = None,
+    before_finalize: Callable[[Path], None] | None = None,
+) -> Path:
+    """Single-process checkpoint save in one call (the trainer runs these steps across processes)."""
+    from pixellm.train import checkpoint as ckpt
+
+    tmp = ckpt.prepare_tmp_dir(output_dir, step)
+    ckpt.write_rng_state(tmp, 0)
+    ckpt.write_main_state(tmp, trainable, optimizer_state, trainer_state)
+    if before_finalize is not None:
+        before_finalize(tmp)
+    return ckpt.finalize_checkpoint(output_dir, step, keep)
