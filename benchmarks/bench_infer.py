@@ -133,7 +133,7 @@ def bench_pipeline(args: argparse.Namespace, device: torch.device) -> dict:
         feats = model.encode_images(pv, rs, os_)
         seg = torch.randn(args.targets, model.config.num_scales, model.config.decoder_dim, device=device)
         idx = torch.zeros(args.targets, dtype=torch.long, device=device)
-        t_decode = _median_time(lambda: model.decode_masks(feats, seg, idx), args.repeats, device)
+        t_decode = _median_time(lambda: model.predict_masks(feats, seg, idx), args.repeats, device)
     return {
         "model": {**sizes, "vision_patch": 14, "image_size": 224, "image_tokens": 256,
                   "prompt_tokens": int(ids.shape[1]), "new_tokens": n_new, "targets": args.targets,
@@ -204,7 +204,7 @@ def bench_released_decoder(args: argparse.Namespace, device: torch.device) -> di
     seg = torch.randn(1, cfg.num_scales, cfg.decoder_dim, device=device)
     idx = torch.zeros(1, dtype=torch.long, device=device)
     with torch.inference_mode():
-        run = lambda: model.decode_masks(feats, seg, idx)  # noqa: E731
+        run = lambda: model.predict_masks(feats, seg, idx)  # noqa: E731
         t = _median_time(run, args.repeats, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

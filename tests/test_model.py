@@ -104,7 +104,7 @@ def test_seg_embedding_uses_hidden_state_before_each_token():
     cfg = small_config()
     model = build(cfg).eval()
     batch = make_batch(cfg, targets=(1,), sizes=((64, 64),), resized=((64, 64),))
-    groups, incomplete = model.find_codebook_groups(batch["input_ids"])
+    groups, incomplete = model.codebook_positions(batch["input_ids"])
     assert incomplete == [0]
     pos = groups[0][0]
     assert batch["input_ids"][0, pos].tolist() == cfg.codebook_token_ids
@@ -119,12 +119,12 @@ def test_seg_embedding_uses_hidden_state_before_each_token():
     assert torch.allclose(out.seg_embeddings, expected, atol=1e-5)
 
 
-def test_find_codebook_groups_reports_incomplete_groups():
+def test_codebook_positions_reports_incomplete_groups():
     cfg = small_config()
     model = build(cfg)
     s = cfg.codebook_token_ids
     ids = torch.tensor([[1] + s + [5] + s[:4] + [6] + s + s[2:] + [2]])
-    groups, incomplete = model.find_codebook_groups(ids)
+    groups, incomplete = model.codebook_positions(ids)
     assert groups[0].shape == (2, 6) and incomplete == [2]
 
 

@@ -107,9 +107,9 @@ def test_pre_norm_states_would_give_other_masks(scripted, processor):
                 position_ids=model.position_ids_from_mask(att),
             )
             pre_norm = captured["pre"][0]  # input of the final norm
-            groups, _ = model.find_codebook_groups(ids)
+            groups, _ = model.codebook_positions(ids)
             seg = model.seg_embeddings(pre_norm[groups[0] - 1])
-            masks = model.decode_masks(feats, seg, torch.zeros(len(seg), dtype=torch.long))[0]
+            masks = model.predict_masks(feats, seg, torch.zeros(len(seg), dtype=torch.long))[0]
     finally:
         hook.remove()
     assert np.abs(masks.numpy() - r.mask_logits).max() > 1e-3

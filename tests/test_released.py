@@ -272,7 +272,7 @@ def test_masks_are_resized_to_the_longer_resized_side_then_cropped(resized):
     seg = torch.randn(2, model.config.num_scales, model.config.decoder_dim)
     with torch.no_grad():
         feats = model.encode_images(pixel_values, torch.tensor([resized]), torch.tensor([[50, 37]]))
-        got = model.decode_masks(feats, seg, torch.zeros(2, dtype=torch.long))[0]
+        got = model.predict_masks(feats, seg, torch.zeros(2, dtype=torch.long))[0]
         grid = feats.decoder.shape[-1]
         pe, dense = model.prompt_encoder.get_dense_pe(grid, grid), model.prompt_encoder.dense_embedding(grid, grid)
         low = model.mask_fusion(model.mask_decoder(feats.decoder[[0, 0]], seg, pe, dense))[:, None]

@@ -275,7 +275,7 @@ class Predictor:
             cfg = model.config
             seg = feats.decoder.new_zeros((0, cfg.num_scales, cfg.decoder_dim))
         index = torch.tensor(image_index, dtype=torch.long, device=feats.decoder.device)
-        return model.decode_masks(feats, seg, index)
+        return model.predict_masks(feats, seg, index)
 
     # -- teacher forcing ---------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,4 +1,6 @@
-"""Segmentation codebook: hidden states -> per-scale target embeddings, and mask fusion.
+"""Segmentation codebook: hidden states -> per-scale target embeddings.
+
+``MaskFusion`` lives beside the decoder (``model/mask_decoder.py``) and is re-exported here.
 
 ``text_hidden_fcs`` keeps the released structure (``ModuleList[Sequential]``, keys ``0.0`` /
 ``0.2``). The fusion weights are registered parameters here (the released code kept them in
@@ -9,8 +11,9 @@ what the released model effectively used, so released checkpoints give unchanged
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from pixellm.model.mask_decoder import MaskFusion  # noqa: F401  (re-exported: the old import path)
 
 
 def build_text_hidden_fcs(hidden_size: int, out_dim: int) -> nn.ModuleList:
@@ -68,26 +71,3 @@ class TokenFusion(nn.Module):
         if self.shared:
             fused = fused.expand(t, self.num_scales, c)
         return fused
-
-
-class MaskFusion(nn.Module):
-    """``final = sum_l gamma_l * resize(mask_l)`` with ``gamma`` initialised to 1/L."""
-
-    def __init__(self, num_scales: int, learnable: bool = True) -> None:
-        super().__init__()
-        self.num_scales = num_scales
-        self.gamma = nn.Parameter(torch.full((num_scales,), 1.0 / num_scales), requires_grad=learnable)
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.gamma.fill_(1.0 / self.num_scales)
-
-    def forward(self, masks: list[torch.Tensor]) -> torch.Tensor:
-        """masks: L tensors ``T x h_l x w_l`` -> ``T x h x w`` at the finest resolution."""
-        size = max((m.shape[-2:] for m in masks), key=lambda s: s[0] * s[1])
-        out = None
-        for gamma, m in zip(self.gamma, masks):
-            if m.shape[-2:] != size:
-                m = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-            out = gamma * m if out is None else out + gamma * m
-        return out

@@ -179,3 +179,26 @@ class MultiScaleMaskDecoder(nn.Module):
         for name, tensor in (("image_pe", image_pe), ("dense_embedding", dense_embedding)):
             if tensor.shape != (1, c, h, w):
                 raise InputError(f"{name} must be [1, {c}, {h}, {w}], got {list(tensor.shape)}")
+
+
+class MaskFusion(nn.Module):
+    """``final = sum_l gamma_l * resize(mask_l)`` with ``gamma`` initialised to 1/L."""
+
+    def __init__(self, num_scales: int, learnable: bool = True) -> None:
+        super().__init__()
+        self.num_scales = num_scales
+        self.gamma = nn.Parameter(torch.full((num_scales,), 1.0 / num_scales), requires_grad=learnable)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.gamma.fill_(1.0 / self.num_scales)
+
+    def forward(self, masks: list[torch.Tensor]) -> torch.Tensor:
+        """masks: L tensors ``T x h_l x w_l`` -> ``T x h x w`` at the finest resolution."""
+        size = max((m.shape[-2:] for m in masks), key=lambda s: s[0] * s[1])
+        out = None
+        for gamma, m in zip(self.gamma, masks):
+            if m.shape[-2:] != size:
+                m = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+            out = gamma * m if out is None else out + gamma * m
+        return out

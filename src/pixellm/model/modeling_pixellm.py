@@ -28,11 +28,11 @@ from transformers.utils import ModelOutput
 from pixellm.conventions import find_codebook_groups, grid_valid_mask
 from pixellm.errors import InputError
 from pixellm.losses import dice_per_mask, refinement_bce_per_mask
-from pixellm.model.codebook import MaskFusion, TokenFusion, build_text_hidden_fcs
+from pixellm.model.codebook import TokenFusion, build_text_hidden_fcs
 from pixellm.model.configuration_pixellm import PixelLMConfig
 from pixellm.model.detail import PixelDetailPath
 from pixellm.model.lora import inject_lora
-from pixellm.model.mask_decoder import MultiScaleMaskDecoder
+from pixellm.model.mask_decoder import MaskFusion, MultiScaleMaskDecoder
 from pixellm.model.projector import build_neck, build_projector
 from pixellm.model.prompt_encoder import PromptEncoder
 from pixellm.model.vision import clip_multiscale_features
@@ -219,7 +219,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # -- stage 4: codebook groups -> target embeddings ------------------------------------------
-    def find_codebook_groups(self, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+    def codebook_positions(self, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
         """Per sample, the positions of every complete codebook group (``K_b x N*L``), and the
         number of incomplete groups (runs that do not spell ``[SEG0]..[SEG{n-1}]`` in order)."""
         n = len(self.codebook_token_ids)
@@ -235,7 +235,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         return self.token_fusion(self.text_hidden_fcs[0](codebook_hidden))
 
     # -- stage 5: masks ----------------------------------------------------------------------
-    def decode_masks(
+    def predict_masks(
         self, features: ImageFeatures, seg_embeddings: torch.Tensor, image_index: torch.Tensor
     ) -> list[torch.Tensor]:
         """Mask logits for K targets: ``seg_embeddings`` ``K x L x C``; ``image_index`` ``[K]``
@@ -323,7 +323,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         lm_head = self.get_output_embeddings()
         logits = lm_head(hidden) if return_logits or labels is None else None
 
-        groups, _ = self.find_codebook_groups(input_ids)
+        groups, _ = self.codebook_positions(input_ids)
         if gt_masks is not None:
             if len(gt_masks) != b:
                 raise InputError(f"gt_masks has {len(gt_masks)} entries for {b} samples")
@@ -343,7 +343,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             seg = self.seg_embeddings(codebook_hidden)
         else:
             seg = hidden.new_zeros((0, cfg.num_scales, cfg.decoder_dim))
-        pred_masks = self.decode_masks(features, seg, image_index)
+        pred_masks = self.predict_masks(features, seg, image_index)
 
         out = PixelLMOutput(logits=logits, pred_masks=pred_masks, seg_embeddings=seg, num_targets=num_targets)
         if labels is not None:
