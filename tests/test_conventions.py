@@ -35,3 +35,4 @@ def test_model_does_not_import_processing():
         tree = ast.parse(path.read_text())
         top = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
         assert not [n.module for n in top if (n.module or "").startswith("pixellm.processing")], path
+

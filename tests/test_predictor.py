@@ -186,3 +186,28 @@ def test_from_pretrained_round_trip(tmp_path, processor):
     assert r.answer == "the chair [SEG] and this" and r.masks.shape == (1, 64, 64)
     with pytest.raises(FileNotFoundError):
         Predictor.from_pretrained(tmp_path / "missing")
+
+
+def test_loading_a_checkpoint_prints_no_config_type_warning(tmp_path):
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from pixellm import Predictor
+    from pixellm.testing import save_random_predictor
+
+    save_random_predictor(tmp_path, answer=" the chair [SEG]")
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    root = hf_logging.get_logger("transformers")
+    root.addHandler(handler)
+    try:
+        Predictor.from_pretrained(tmp_path)
+    finally:
+        root.removeHandler(handler)
+    assert not [m for m in messages if "to instantiate a model of type" in m]

@@ -261,3 +261,8 @@ PRESETS = {
     "pixellm-13b": lambda: _released(5120, 40, 40, 13824),
     "tiny": _tiny,
 }
+
+# Known to AutoConfig, so that transformers code that reads a checkpoint's config.json (e.g.
+# AutoTokenizer.from_pretrained) builds a PixelLMConfig instead of warning that a `pixellm` config
+# instantiates a model of type "".
+AutoConfig.register(PixelLMConfig.model_type, PixelLMConfig, exist_ok=True)

@@ -283,6 +283,8 @@ class PixelLMProcessor:
         released defaults (e.g. a released ``hf_model`` folder, which has only tokenizer files)."""
         from transformers import AutoTokenizer
 
+        import pixellm.model.configuration_pixellm  # noqa: F401  (registers "pixellm" with AutoConfig)
+
         root = Path(directory)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a directory")
