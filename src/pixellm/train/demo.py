@@ -100,7 +100,7 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
     cached = cached_result(folder, fingerprint)
     if cached is not None:
         print(f"vision pre-training: reusing {folder}")
-        return {k: v for k, v in cached.items() if k not in ("fingerprint", "losses")}
+        return {**cached["summary"], "reused": True}
     dense = dense_set_from_muse(train_json, processor.image_processor)
     n_fit = len(dense) - min(probe_images, len(dense) // 4)
     fit, held = _split_dense(dense, n_fit)
@@ -119,19 +119,14 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
                         "majority": _majority(shapes[n_fit:])},
         "config": result.config,
     }
-    save_pretrained_tower(model.vision_tower, folder, result, fingerprint | {"summary": summary})
+    save_pretrained_tower(model.vision_tower, folder, result, fingerprint, summary)
     print(f"vision pre-training: {result.seconds:.0f} s, held-out pixel accuracy "
           f"{result.pixel_accuracy:.3f}, largest-object shape probe {before:.2f} -> {after:.2f}")
     return summary
 
 
 def _split_dense(dense, n: int):
-    from pixellm.train.vision_pretrain import DenseSet
-
-    def part(sl: slice) -> DenseSet:
-        return DenseSet(dense.pixel_values[sl], dense.labels[sl], dense.resized_sizes[sl], dense.categories)
-
-    return part(slice(0, n)), part(slice(n, None))
+    return dense.subset(slice(0, n)), dense.subset(slice(n, None))
 
 
 def largest_object_shape(path: Path) -> list[int]:

@@ -7,7 +7,10 @@ colour/shape/position words does not help either, because colour and position al
 scenes of a batch apart. So this stage makes shape *necessary*: every pixel of every patch is
 classified into the category of the object it belongs to (or background), from that patch's
 token alone, at each selected CLIP layer. A patch of a circle's interior looks like a patch of a
-square's interior, so the token must carry the context of the whole object.
+square's interior, so the token must carry the context of the whole object. The same head also
+regresses, for every object pixel, its object's centroid and size: questions such as "the
+leftmost shape" or "the largest shape" then compare values the LLM can read off the tokens,
+instead of values it would have to assemble from positions and pixel counts itself.
 
 The result is saved as a plain CLIP vision folder (``CLIPVisionModel.save_pretrained``), which
 ``TrainConfig.vision_weights`` loads like any other CLIP checkpoint; training then keeps it frozen.
@@ -44,6 +47,7 @@ class VisionPretrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
+    geometry_weight: float = 5.0  # weight of the centroid / size regression against the class CE
     seed: int = 0
 
 
@@ -52,13 +56,20 @@ class DenseSet:
     """Images and per-pixel class maps, preprocessed like the model's inputs.
 
     ``pixel_values`` ``N x 3 x S x S``; ``labels`` ``N x S x S`` (0 = background, ``i`` = the
-    i-th entry of ``categories``, ``IGNORE`` = padding); ``resized_sizes`` ``N x 2``.
+    i-th entry of ``categories``, ``IGNORE`` = padding); ``geometry`` ``N x 3 x S x S`` (half
+    precision): for every object pixel its object's centroid x, y and sqrt(area), divided by S;
+    ``resized_sizes`` ``N x 2``.
     """
 
     pixel_values: torch.Tensor
     labels: torch.Tensor
+    geometry: torch.Tensor
     resized_sizes: torch.Tensor
     categories: list[int] = field(default_factory=list)
+
+    def subset(self, index: slice | torch.Tensor) -> DenseSet:
+        return DenseSet(self.pixel_values[index], self.labels[index], self.geometry[index],
+                        self.resized_sizes[index], self.categories)
 
     def __len__(self) -> int:
         return self.pixel_values.shape[0]
@@ -68,7 +79,6 @@ def dense_set_from_muse(path: str | Path, image_processor, image_root: str | Pat
                         max_images: int | None = None) -> DenseSet:
     """Read a MUSE-format JSON (every ``ann_list`` entry with a ``category_id`` and a
     ``segmentation``); later annotations paint over earlier ones where they overlap."""
-    from PIL import Image
 
     from pixellm.data.muse import decode_targets, load_muse, resolve_image_path
 
@@ -77,7 +87,7 @@ def dense_set_from_muse(path: str | Path, image_processor, image_root: str | Pat
     cats = sorted({int(a["category_id"]) for r in records for a in r.get("ann_list", [])})
     index = {c: i + 1 for i, c in enumerate(cats)}
     s = image_processor.image_size
-    pixels, labels, sizes = [], [], []
+    pixels, labels, geometry, sizes = [], [], [], []
     for i, rec in enumerate(records):
         image_path = resolve_image_path(rec, root)
         if image_path is None or not Path(image_path).is_file():
@@ -86,23 +96,42 @@ def dense_set_from_muse(path: str | Path, image_processor, image_root: str | Pat
         anns = rec.get("ann_list", [])
         masks = decode_targets(anns, oh, ow, str(path), f"record {i}")
         full = np.zeros((oh, ow), np.int64)
-        for ann, m in zip(anns, masks):
+        which = np.full((oh, ow), -1, np.int64)  # the annotation each pixel shows
+        for j, (ann, m) in enumerate(zip(anns, masks)):
             full[m] = index[int(ann["category_id"])]
+            which[m] = j
         if (h, w) != (oh, ow):
-            full = np.asarray(Image.fromarray(full.astype(np.int32)).resize((w, h), Image.NEAREST), np.int64)
+            full = _nearest(full, h, w)
+            which = _nearest(which, h, w)
+        geo = torch.zeros(3, s, s, dtype=torch.float16)
+        for j in range(len(anns)):
+            ys, xs = np.nonzero(which == j)
+            if len(xs):
+                sel = torch.from_numpy(which == j)
+                values = ((xs.mean() + 0.5) / s, (ys.mean() + 0.5) / s, len(xs) ** 0.5 / s)
+                for c, v in enumerate(values):
+                    geo[c, :h, :w][sel] = float(v)
         lab = torch.full((s, s), IGNORE, dtype=torch.long)
         lab[:h, :w] = torch.from_numpy(full)
         pixels.append(px)
         labels.append(lab)
+        geometry.append(geo)
         sizes.append((h, w))
     if not pixels:
         raise DataError("no images to pre-train the vision tower on", path=str(path))
-    return DenseSet(torch.stack(pixels), torch.stack(labels), torch.tensor(sizes), cats)
+    return DenseSet(torch.stack(pixels), torch.stack(labels), torch.stack(geometry), torch.tensor(sizes), cats)
+
+
+def _nearest(array: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(array.astype(np.int32)).resize((w, h), Image.NEAREST), np.int64)
 
 
 class DensePixelHead(nn.Module):
-    """One patch token -> class logits of each of its ``p x p`` pixels: ``B x G*G x C`` ->
-    ``B x K x S x S`` (a linear "pixel shuffle" head; K = categories + background)."""
+    """One patch token -> K values for each of its ``p x p`` pixels: ``B x G*G x C`` ->
+    ``B x K x S x S`` (a linear "pixel shuffle" head; here K = categories + background class
+    logits, then the 3 geometry values)."""
 
     def __init__(self, dim: int, num_classes: int, patch: int) -> None:
         super().__init__()
@@ -150,7 +179,7 @@ def pretrain_vision_tower(
     image_size = data.pixel_values.shape[-1]
     patch = tower.config.patch_size
     k = len(data.categories) + 1
-    heads = nn.ModuleList(DensePixelHead(tower.config.hidden_size, k, patch) for _ in select_layers)
+    heads = nn.ModuleList(DensePixelHead(tower.config.hidden_size, k + 3, patch) for _ in select_layers)
     params = list(tower.parameters()) + list(heads.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -168,8 +197,14 @@ def pretrain_vision_tower(
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
         feats = _features(tower, data.pixel_values[idx], data.resized_sizes[idx], select_layers,
                           pos_interpolation, image_size)
-        target = data.labels[idx]
-        loss = sum(F.cross_entropy(head(f), target, ignore_index=IGNORE) for f, head in zip(feats, heads))
+        target, geometry = data.labels[idx], data.geometry[idx].float()
+        objects = (target > 0)[:, None].expand_as(geometry)
+        loss = 0.0
+        for f, head in zip(feats, heads):
+            out = head(f)
+            loss = loss + F.cross_entropy(out[:, :k], target, ignore_index=IGNORE)
+            if bool(objects.any()):
+                loss = loss + cfg.geometry_weight * F.mse_loss(out[:, k:][objects], geometry[objects])
         loss = loss / len(heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,7 +221,7 @@ def pretrain_vision_tower(
         with torch.no_grad():
             feats = _features(tower, held_out.pixel_values, held_out.resized_sizes, select_layers[:1],
                               pos_interpolation, image_size)
-            pred = heads[0](feats[0]).argmax(1)
+            pred = heads[0](feats[0])[:, :k].argmax(1)
         fg = held_out.labels > 0
         acc = float((pred[fg] == held_out.labels[fg]).float().mean()) if bool(fg.any()) else None
     return VisionPretrainResult(losses, seconds, acc, asdict(cfg))
@@ -224,7 +259,7 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 
 
 def save_pretrained_tower(tower: nn.Module, folder: str | Path, result: VisionPretrainResult,
-                          fingerprint: dict[str, Any]) -> Path:
+                          fingerprint: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
     """Write the tower as a CLIP vision folder plus ``vision_pretrain.json`` (recipe, losses,
     fingerprint of data and model). The JSON is written last, so its presence marks a complete
     folder."""
@@ -232,7 +267,7 @@ def save_pretrained_tower(tower: nn.Module, folder: str | Path, result: VisionPr
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT_FILE).unlink(missing_ok=True)
     tower.save_pretrained(str(folder))
-    info = {"fingerprint": fingerprint, **asdict(result)}
+    info = {"fingerprint": fingerprint, "summary": summary or {}, **asdict(result)}
     tmp = folder / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
     tmp.replace(folder / RESULT_FILE)
@@ -249,4 +284,5 @@ def cached_result(folder: str | Path, fingerprint: dict[str, Any]) -> dict[str, 
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return info if info.get("fingerprint") == fingerprint else None
+    # compare as JSON sees it (tuples in a config become lists once saved)
+    return info if info.get("fingerprint") == json.loads(json.dumps(fingerprint)) else None
