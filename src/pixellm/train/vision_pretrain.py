@@ -155,7 +155,7 @@ class VisionPretrainResult:
 
 def _features(tower, pixel_values, resized_sizes, select_layers, pos_interpolation, image_size):
     from pixellm.model.vision import clip_multiscale_features
-    from pixellm.processing.image_processing import grid_valid_mask
+    from pixellm.conventions import grid_valid_mask
 
     grid = image_size // tower.config.patch_size
     valid = grid_valid_mask(resized_sizes, image_size, grid)
