@@ -160,6 +160,14 @@ def _question_kinds(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]
     }
 
 
+def no_target_accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Questions whose ground truth has no target, and how many the model answered with none."""
+    empty = [r for r in rows if r["gt"] == 0]
+    right = sum(1 for r in empty if r["pred"] == 0)
+    return {"questions": len(empty), "answered_right": right,
+            "accuracy": right / len(empty) if empty else None}
+
+
 def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str]) -> dict[str, Any]:
     """gIoU / cIoU / samples per question kind and mode, from the protocol's per-sample rows."""
     out: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -179,24 +187,35 @@ def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str]) -> dict
     return dict(out)
 
 
-def write_examples(predictor, records: list[dict[str, Any]], root: Path, preds: list[dict[str, Any]],
+def write_examples(records: list[dict[str, Any]], root: Path, preds: list[dict[str, Any]],
                    folder: Path, count: int = NUM_EXAMPLES, scale: int = 4) -> list[str]:
-    """Overlay pictures (upscaled ``scale`` x, nearest) of the first ``count`` generated answers."""
+    """Pictures of the first ``count`` generated answers: the prediction (left) next to the
+    ground truth (right), each upscaled ``scale`` x (nearest) with its target names below."""
     from PIL import Image
 
     from pixellm.data.masks import decode_rle
+    from pixellm.data.muse import decode_targets
     from pixellm.infer.overlay import render_overlay, target_names
+
+    def overlay(image: Image.Image, masks: np.ndarray, answer: str) -> Image.Image:
+        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        big_masks = masks.repeat(scale, axis=1).repeat(scale, axis=2)
+        return render_overlay(big, big_masks, target_names(answer) if len(masks) else None)
 
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for p in preds[:count]:
         rec = records[p["image"]]
         image = Image.open(root / rec["file_name"]).convert("RGB")
-        masks = np.stack([decode_rle(m) for m in p["masks"]]) if p["masks"] else \
-            np.zeros((0, image.height, image.width), bool)
-        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-        big_masks = masks.repeat(scale, axis=1).repeat(scale, axis=2)
-        picture = render_overlay(big, big_masks, target_names(p["answer"]) if len(masks) else None)
+        h, w = image.height, image.width
+        masks = np.stack([decode_rle(m) for m in p["masks"]]) if p["masks"] else np.zeros((0, h, w), bool)
+        gt_masks = decode_targets(rec["answers"][p["question"]], h, w)
+        gt_answer = rec.get("text_answers", [""] * len(rec["questions"]))[p["question"]].replace("{seg}", "[SEG]")
+        left, right = overlay(image, masks, p["answer"]), overlay(image, gt_masks, gt_answer)
+        gap = 8
+        picture = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
+        picture.paste(left, (0, 0))
+        picture.paste(right, (left.width + gap, 0))
         name = f"{p['image']:04d}_q{p['question']}.png"
         picture.save(folder / name)
         names.append(name)
@@ -206,6 +225,7 @@ def write_examples(predictor, records: list[dict[str, Any]], root: Path, preds: 
 def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, Any]], preds: list[dict[str, Any]],
                  examples: list[str]) -> None:
     gen, tf = metrics.get("generated", {}), metrics.get("teacher_forced", {})
+    nt = metrics.get("no_target", {})
     tr = metrics["training"]
     lines = [
         "# PixelLM demo report",
@@ -220,6 +240,8 @@ def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, An
         f"| generated | {gen.get('gIoU', 0):.4f} | {gen.get('cIoU', 0):.4f} |",
         f"| teacher-forced | {tf.get('gIoU', 0):.4f} | {tf.get('cIoU', 0):.4f} |",
         "",
+        f"No-target questions answered with no target: {nt.get('answered_right', 0)} of {nt.get('questions', 0)}.",
+        "",
         "## Per question kind (generated / teacher-forced gIoU)",
         "",
         "| kind | questions | generated gIoU | teacher-forced gIoU | right target count |",
@@ -229,7 +251,7 @@ def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, An
         g, t = m.get("generated", {}), m.get("teacher_forced", {})
         lines.append(f"| {kind} | {g.get('samples', 0)} | {g.get('gIoU', 0):.3f} | {t.get('gIoU', 0):.3f} | "
                      f"{g.get('exact_target_count', 0):.2f} |")
-    lines += ["", "## Examples", ""]
+    lines += ["", "## Examples (prediction left, ground truth right)", ""]
     for name, p in zip(examples, preds):
         q = records[p["image"]]["questions"][p["question"]]
         gt = records[p["image"]]["text_answers"][p["question"]] if "text_answers" in records[p["image"]] else ""
@@ -294,6 +316,7 @@ def run_demo(
     lines = [json.loads(line) for line in pred_path.read_text(encoding="utf-8").splitlines()]
     generated = [p for p in lines if not p.get("teacher_forced")]
     metrics = evaluate_muse(records, lines, judge="oracle", split="val", details=True)
+    metrics["no_target"] = no_target_accuracy(metrics.get("generated", {}).get("per_sample", []))
     metrics["per_kind"] = per_kind(metrics, _question_kinds(records))
     last = result.history[-1] if result.history else {}
     metrics["training"] = {
@@ -309,7 +332,7 @@ def run_demo(
     metrics["data"] = {"train_questions": train_questions, "val_questions": val_questions, "seed": seed}
     if stage1 is not None:
         metrics["vision_pretraining"] = stage1
-    examples = write_examples(predictor, records, data, generated, out / "examples")
+    examples = write_examples(records, data, generated, out / "examples")
     stages["inference_and_evaluation"] = time.perf_counter() - t1
     metrics["seconds_per_stage"] = {k: round(v, 1) for k, v in stages.items()}
     metrics["seconds_total"] = round(time.perf_counter() - t0, 1)

@@ -447,6 +447,11 @@ class Trainer:
         gc.collect()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        # accelerate keeps its state (precision included) in a per-process singleton: forget it,
+        # so that a later run in this process may choose another precision.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def train(cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> TrainResult:
