@@ -24,6 +24,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# llava_v1's system text (the released template); a processor may use another, or none
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
 IMAGE_TOKEN_INDEX = -200  # released constant; never a vocabulary id
 IGNORE_INDEX = -100
 SEG_MARKER = "[SEG]"  # one marker per group in decoded answers

@@ -172,7 +172,7 @@ class PixelLMConfig(PreTrainedConfig):
     # -- presets ---------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> PixelLMConfig:
-        """Build a named configuration: ``pixellm-7b``, ``pixellm-13b`` or ``tiny``."""
+        """Build a named configuration: ``pixellm-7b``, ``pixellm-13b``, ``tiny`` or ``tiny-demo``."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         kwargs = copy.deepcopy(PRESETS[name]())
@@ -256,10 +256,22 @@ def _tiny() -> dict:
     }
 
 
+def _tiny_demo() -> dict:
+    """The ``tiny`` preset as ``pixellm demo`` trains it: a 128-wide LLM (a quarter of the FLOPs
+    per token; the synthetic language needs little width) that reads the full 8 x 8 patch grid
+    instead of a pooled 4 x 4 one (each token one patch; docs/training.md, "The demo")."""
+    cfg = _tiny()
+    vocab_size = cfg["text_config"]["vocab_size"]
+    cfg["text_config"] = _llama(128, 4, 4, 344, vocab_size)
+    cfg["llm_image_grid"] = 8
+    return cfg
+
+
 PRESETS = {
     "pixellm-7b": lambda: _released(4096, 32, 32, 11008),
     "pixellm-13b": lambda: _released(5120, 40, 40, 13824),
     "tiny": _tiny,
+    "tiny-demo": _tiny_demo,
 }
 
 # Known to AutoConfig, so that transformers code that reads a checkpoint's config.json (e.g.

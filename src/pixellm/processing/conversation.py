@@ -18,6 +18,7 @@ from pixellm.conventions import (  # noqa: F401  (re-exported: the old import pa
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
     SEG_MARKER,
+    SYSTEM_PROMPT,
     count_seg,
     expand_seg,
     find_codebook_groups,
@@ -27,10 +28,6 @@ from pixellm.errors import InputError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
 ROLES = ("USER", "ASSISTANT")
 SEP, SEP2 = " ", "</s>"  # llava_v1: after a user turn / after an assistant turn
 IMAGE_PLACEHOLDER = "<image>"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from pixellm.conventions import SYSTEM_PROMPT
 from pixellm.errors import ConfigError
 
 DATA_KINDS = ("muse", "synth", "refer", "semseg", "vqa")
@@ -77,8 +78,8 @@ class TrainConfig:
     val_data: str | None = None  # MUSE-format JSON of the held-out split
     val_samples: int = 200  # questions of the held-out split used by the periodic validation
     max_length: int = 512
-    # the template's system text for a new tiny processor; None = llava_v1's (released), "" = none
-    system_prompt: str | None = None
+    # the template's system text of a new processor: llava_v1's (released) or "" (none)
+    system_prompt: str = SYSTEM_PROMPT
     num_workers: int = 0
     # optimisation
     optim: OptimSettings = field(default_factory=OptimSettings)

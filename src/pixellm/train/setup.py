@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pixellm.conventions import SYSTEM_PROMPT
 from pixellm.errors import ConfigError
 from pixellm.train.config import TrainConfig
 
@@ -24,18 +25,17 @@ if TYPE_CHECKING:
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
 
-def processor_for_config(model_config, max_length: int, system_prompt: str | None = None) -> PixelLMProcessor:
+def processor_for_config(model_config, max_length: int, system_prompt: str = SYSTEM_PROMPT) -> PixelLMProcessor:
     """The tiny tokenizer + an image processor matching a (random-init) preset config."""
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
-    extra = {} if system_prompt is None else {"system_prompt": system_prompt}
     return PixelLMProcessor.for_tiny(
         image_size=model_config.image_size,
         patch_size=model_config.vision_config.patch_size,
         llm_image_grid=model_config.llm_image_grid,
         num_codebook_tokens=model_config.num_codebook_tokens,
         max_length=max_length,
-        **extra,
+        system_prompt=system_prompt,
     )
 
 
@@ -73,6 +73,7 @@ def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
     processor = PixelLMProcessor(
         tokenizer, image_processor, num_codebook_tokens=pcfg.num_codebook_tokens,
         num_image_tokens=pcfg.num_image_tokens, llm_image_grid=pcfg.llm_image_grid, max_length=cfg.max_length,
+        system_prompt=cfg.system_prompt,
     )
     pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
     model = PixelLMForCausalLM(pcfg)
