@@ -10,7 +10,7 @@ import pytest
 
 from pixellm.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "predict", "chat", "serve", "infer", "eval", "flops", "convert-released",
+COMMANDS = ["demo", "vision-pretrain", "train", "predict", "chat", "serve", "infer", "eval", "flops", "convert-released",
             "data", "datagen"]
 SUBCOMMANDS = {"eval": ["muse", "refer"], "data": ["refer2muse", "stats", "synth"], "datagen": ["generate", "filter"]}
 

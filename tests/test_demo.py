@@ -7,6 +7,9 @@ import json
 import pytest
 
 from pixellm.train.demo import demo_config, run_demo
+from pixellm.train.vision_pretrain import VisionPretrainConfig
+
+STAGE1 = VisionPretrainConfig(steps=3, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +18,8 @@ def demo_run(tmp_path_factory):
     cfg = demo_config(out, steps=2, seed=1)
     cfg.batch_size = cfg.effective_batch = 4
     cfg.val_every = 1
-    metrics = run_demo(out, steps=2, seed=1, train_questions=24, val_questions=6, progress=False, config=cfg)
+    metrics = run_demo(out, steps=2, seed=1, train_questions=24, val_questions=6, progress=False, config=cfg,
+                       vision=STAGE1)
     return out, metrics
 
 
@@ -38,6 +42,31 @@ def test_demo_writes_metrics_report_examples_and_checkpoint(demo_run):
     assert len(examples) == 6 and all(f"examples/{p.name}" in report for p in examples)
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 12 and sum(json.loads(x).get("teacher_forced", False) for x in lines) == 6
+    # stage 1 ran, stage 2 started from its tower, every stage was timed
+    assert saved["vision_pretraining"]["config"]["steps"] == 3
+    assert (out / "vision_tower" / "config.json").is_file()
+    assert saved["training"]["config"]["vision_weights"] == str(out / "vision_tower")
+    assert set(saved["seconds_per_stage"]) == {"data", "vision_pretraining", "training", "inference_and_evaluation"}
+    assert saved["training"]["precision"]["chosen"] in ("fp32", "bf16") and saved["training"]["precision"]["reason"]
+    records = json.loads((out / "data" / "val.json").read_text())
+    empty = sum(1 for r in records for a in r["answers"] if not a)
+    assert saved["no_target"]["questions"] == empty
+    assert 0 <= saved["no_target"]["answered_right"] <= empty
+    assert "No-target questions answered with no target" in report
+
+
+def test_demo_rerun_reuses_data_and_stage1(demo_run):
+    out, metrics = demo_run
+    tower = (out / "vision_tower" / "model.safetensors").read_bytes()
+    data = (out / "data" / "train.json").stat().st_mtime_ns
+    cfg = demo_config(out, steps=1, seed=1)
+    cfg.batch_size = cfg.effective_batch = 4
+    cfg.output_dir = str(out / "run2")
+    again = run_demo(out, steps=1, seed=1, train_questions=24, val_questions=6, progress=False, config=cfg,
+                     vision=STAGE1)
+    assert again["vision_pretraining"]["reused"] is True
+    assert (out / "vision_tower" / "model.safetensors").read_bytes() == tower
+    assert (out / "data" / "train.json").stat().st_mtime_ns == data
 
 
 def test_demo_checkpoint_loads_in_the_predictor(demo_run):

@@ -341,6 +341,7 @@ def run_demo(
         "samples": result.samples,
         "seconds": round(result.seconds, 1),
         "samples_per_second": round(result.samples_per_second, 2),
+        "precision": result.precision,
         "final_losses": {k: round(v, 4) for k, v in last.items() if k.endswith("loss")},
         "validation": result.validation,
         "skipped": result.skipped,
