@@ -151,6 +151,8 @@ class Trainer:
         self.acc = acc = make_accelerator(cfg, self.precision)
         if acc.is_main_process:
             logger.info("training in %s: %s", self.precision.name, self.precision.reason)
+            if cfg.progress:  # on screen too: a wrong guess here costs hours on some CPUs
+                print(f"training in {self.precision.name}: {self.precision.reason}")
         world = acc.num_processes
         per_step = cfg.batch_size * world
         if cfg.effective_batch % per_step:
