@@ -83,3 +83,27 @@ def test_stage1_loss_falls_and_the_llm_grid_learns_shape(tmp_path):
     _, clip = load_clip(folder)
     for (name, p), q in zip(model.vision_tower.state_dict().items(), clip.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_a_random_preset_starts_from_vision_weights(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from pixellm.errors import ConfigError
+    from pixellm.train.config import TrainConfig
+    from pixellm.train.setup import build_model
+
+    cfg = PixelLMConfig.from_preset("tiny-demo")
+    tower = CLIPVisionModel(CLIPVisionConfig(**cfg.vision_config.to_dict()))
+    tower.save_pretrained(str(tmp_path / "tower"))
+    train_cfg = TrainConfig(preset="tiny-demo", vision_weights=str(tmp_path / "tower"), trainable="all_but_vision")
+    train_cfg.lora.enabled = False
+    model, _ = build_model(train_cfg)
+    for (name, p), q in zip(model.vision_tower.state_dict().items(), tower.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not any(p.requires_grad for p in model.vision_tower.parameters())  # CLIP stays frozen
+
+    other = CLIPVisionConfig(**{**cfg.vision_config.to_dict(), "hidden_size": 64, "intermediate_size": 128})
+    CLIPVisionModel(other).save_pretrained(str(tmp_path / "other"))
+    train_cfg.vision_weights = str(tmp_path / "other")
+    with pytest.raises(ConfigError, match="vision hidden_size is 64"):
+        build_model(train_cfg)
