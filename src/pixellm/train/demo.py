@@ -240,6 +240,18 @@ def write_examples(records: list[dict[str, Any]], root: Path, preds: list[dict[s
     return names
 
 
+def stage1_text(metrics: dict[str, Any]) -> str:
+    v = metrics.get("vision_pretraining")
+    if not v:
+        return ""
+    probe = v.get("shape_probe") or {}
+    shape = (f", largest-object shape probe {probe['random_tower']:.2f} -> {probe['pretrained_tower']:.2f}"
+             if probe else "")
+    acc = v.get("held_out_pixel_accuracy")
+    return (f"stage 1 pre-trained the vision tower for {v['config']['steps']} steps ({v['seconds']:.0f} s; "
+            f"held-out pixel accuracy {acc or 0:.2f}{shape}), ")
+
+
 def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, Any]], preds: list[dict[str, Any]],
                  examples: list[str]) -> None:
     gen, tf = metrics.get("generated", {}), metrics.get("teacher_forced", {})
@@ -248,10 +260,11 @@ def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, An
     lines = [
         "# PixelLM demo report",
         "",
-        f"Tiny preset trained from scratch on the synthetic set for {tr['steps']} steps "
-        f"({tr['samples']} samples, {tr['seconds']:.0f} s, {tr['samples_per_second']:.1f} samples/s), "
-        f"evaluated on {metrics['samples']} held-out questions (disjoint images) with the MUSE protocol, "
-        f"judge `{metrics['judge']}`.",
+        f"`{tr['config']['preset']}` preset trained from scratch on the synthetic set: {stage1_text(metrics)}"
+        f"then {tr['steps']} steps of the rest of the model with that tower frozen "
+        f"({tr['samples']} samples, {tr['seconds']:.0f} s, {tr['samples_per_second']:.1f} samples/s, "
+        f"{tr.get('precision', {}).get('chosen', '?')}), evaluated on {metrics['samples']} held-out questions "
+        f"(disjoint images) with the MUSE protocol, judge `{metrics['judge']}`.",
         "",
         "| answers | gIoU | cIoU |",
         "|---|---|---|",
