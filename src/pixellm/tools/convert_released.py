@@ -58,7 +58,7 @@ class ConvertSummary:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports: the checks here say what matters in one line."""
     from transformers.utils import logging as hf_logging
 
@@ -191,7 +191,7 @@ def build_config(released: dict[str, Any], vision: str, src: Path, preset: str =
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             vision_config = CLIPVisionConfig.from_pretrained(vision)
     except OSError as err:
         raise FileNotFoundError(f"{vision}: not a CLIP model folder ({err})".splitlines()[0]) from err
@@ -267,7 +267,7 @@ def convert_released(
             raise DataError(str(err), path=str(src_path)) from err
     converted, dropped = convert_released_state_dict(released)
 
-    with _quiet_transformers():
+    with quiet_transformers():
         clip = CLIPVisionModel.from_pretrained(vision)
     clip_state = {"vision_tower." + k: v for k, v in clip.state_dict().items()}
     expected_clip = {k for k in skeleton.state_dict() if k.startswith("vision_tower.")}
@@ -281,7 +281,7 @@ def convert_released(
         torch_dtype = max(set(floats), key=floats.count) if floats else torch.float32
     else:
         torch_dtype = DTYPES[dtype]
-    with _quiet_transformers():
+    with quiet_transformers():
         model = PixelLMForCausalLM.from_pretrained(None, config=config, state_dict=converted, dtype=torch_dtype)
     out_path = Path(out)
     model.save_pretrained(out_path)

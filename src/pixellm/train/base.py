@@ -14,10 +14,8 @@ projector stored in PixelLM's layout (``model.mm_projector.{0,2}``) with matchin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 
 from pixellm.errors import ConfigError, DataError
+from pixellm.tools.convert_released import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +42,6 @@ class BaseLLM:
     projector: dict[str, torch.Tensor] = field(default_factory=dict)  # mm_projector state dict, or empty
     skipped: list[str] = field(default_factory=list)  # keys not used (LLaVA linear projector, buffers)
     files: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers reports the keys it skips in many lines; our checks say what matters."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def base_text_config(folder: str | Path) -> dict[str, Any]:
@@ -83,7 +69,7 @@ def base_text_config(folder: str | Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoConfig.from_pretrained(str(path)).to_dict()
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"cannot read the model config ({err})".splitlines()[0], path=str(raw)) from err
@@ -150,7 +136,7 @@ def load_base_llm(folder: str | Path, vision_hidden: int, text_config: dict[str,
     files = weight_files(path)
     shapes = checkpoint_shapes(files)
     llm_config = AutoConfig.for_model(**text)
-    with torch.device("meta"), _quiet_transformers():
+    with torch.device("meta"), quiet_transformers():
         expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(llm_config).state_dict().items()}
     want_projector = projector_shapes(vision_hidden, int(text["hidden_size"]))
     projector_keys, skipped = [], []
@@ -182,7 +168,7 @@ def load_base_llm(folder: str | Path, vision_hidden: int, text_config: dict[str,
                     "as in the released training", path)
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = AutoModelForCausalLM.from_pretrained(
                 str(path), config=llm_config, dtype=torch.float32, output_loading_info=True
             )
@@ -204,7 +190,7 @@ def load_clip(folder: str | Path) -> tuple[Any, Any]:
     if not path.is_dir():
         raise FileNotFoundError(f"{folder}: vision_weights folder not found")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = CLIPVisionConfig.from_pretrained(str(path))
             clip, info = CLIPVisionModel.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, KeyError) as err:

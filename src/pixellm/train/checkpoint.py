@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixellm.errors import ConfigError
-from pixellm.files import disk_guard
+from pixellm.files import disk_guard, fsync_dir
 
 COMPLETE = "COMPLETE"
 PREFIX = "checkpoint-"
@@ -49,20 +49,6 @@ def checkpoint_name(step: int) -> str:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes the rename itself durable (POSIX); not supported everywhere.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -174,7 +160,7 @@ def finalize_checkpoint(
     out = Path(output_dir)
     tmp = tmp_dir_for(out, step)
     write_json(tmp / COMPLETE, {"step": step})
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if fail_before_rename:
         raise RuntimeError("simulated crash before the checkpoint rename")
     final = out / checkpoint_name(step)
@@ -189,7 +175,7 @@ def finalize_checkpoint(
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(out)
+    fsync_dir(out)
     for stale in out.glob(TMP_PREFIX + "*"):
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
