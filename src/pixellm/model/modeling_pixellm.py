@@ -179,11 +179,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             self.vision_tower, pixel_values, valid, cfg.vision_select_layers, cfg.pos_interpolation
         )
         dtype = self.mm_projector[0].weight.dtype
-        coarse = states[0].transpose(1, 2).reshape(b, -1, grid, grid)
-        g = cfg.llm_image_grid
-        if g != grid:
-            coarse = F.interpolate(coarse.float(), size=(g, g), mode="bilinear", align_corners=False)
-        llm_tokens = self.mm_projector(coarse.flatten(2).transpose(1, 2).to(dtype))
+        llm_tokens = self.mm_projector(self.llm_grid(states[0]).to(dtype))
         hidden = self.out_mm_projector[2].out_features
         decoder = torch.stack(
             [
@@ -196,6 +192,16 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         )
         detail = self.detail.features(pixel_values.to(dtype)) if self.detail is not None else None
         return ImageFeatures(llm_tokens, decoder, detail, resized_sizes, original_sizes.to(resized_sizes.device))
+
+    def llm_grid(self, patches: torch.Tensor) -> torch.Tensor:
+        """The first selected layer's patches ``B x G*G x C_v`` resized (bilinear) to the LLM
+        grid: ``B x g*g x C_v``, what ``mm_projector`` turns into the LLM's image tokens."""
+        b, grid, g = patches.shape[0], self.config.vision_grid, self.config.llm_image_grid
+        if g == grid:
+            return patches
+        coarse = patches.transpose(1, 2).reshape(b, -1, grid, grid).float()
+        coarse = F.interpolate(coarse, size=(g, g), mode="bilinear", align_corners=False)
+        return coarse.flatten(2).transpose(1, 2)
 
     def embed_inputs(self, input_ids: torch.Tensor, llm_tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the image placeholders replaced by the image tokens."""

@@ -232,8 +232,8 @@ def pretrain_vision_tower(
 
 def llm_grid_features(model, pixel_values: torch.Tensor, resized_sizes: torch.Tensor,
                       batch_size: int = 256) -> torch.Tensor:
-    """What the LLM reads of each image before the projector: the first selected layer's patch
-    grid resized to ``llm_image_grid`` (as ``encode_images`` does), flattened: ``N x g*g*C``."""
+    """What the LLM reads of each image before the projector (``model.llm_grid`` of the first
+    selected layer), flattened: ``N x g*g*C``."""
     cfg = model.config
     out = []
     with torch.no_grad():
@@ -241,11 +241,7 @@ def llm_grid_features(model, pixel_values: torch.Tensor, resized_sizes: torch.Te
             px, rs = pixel_values[i : i + batch_size], resized_sizes[i : i + batch_size]
             f = _features(model.vision_tower, px, rs, cfg.vision_select_layers[:1], cfg.pos_interpolation,
                           cfg.image_size)[0]
-            b, grid = f.shape[0], cfg.vision_grid
-            x = f.transpose(1, 2).reshape(b, -1, grid, grid)
-            if cfg.llm_image_grid != grid:
-                x = F.interpolate(x, size=(cfg.llm_image_grid,) * 2, mode="bilinear", align_corners=False)
-            out.append(x.flatten(1))
+            out.append(model.llm_grid(f).flatten(1))
     return torch.cat(out)
 
 
