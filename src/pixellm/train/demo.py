@@ -91,6 +91,7 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
     before and after (fit on the first images, scored on the last ``probe_images``)."""
     import hashlib
 
+    from pixellm.model.configuration_pixellm import PixelLMConfig
     from pixellm.train.setup import build_model
     from pixellm.train.vision_pretrain import (
         cached_result,
@@ -99,11 +100,11 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
         save_pretrained_tower,
     )
 
-    model, processor = build_model(dataclasses.replace(cfg, vision_weights=None))  # the random tower stage 2 would otherwise start from
+    config = PixelLMConfig.from_preset(cfg.preset, **cfg.model_overrides)  # what build_model builds
     fingerprint = {
         "train_sha1": hashlib.sha1(train_json.read_bytes()).hexdigest(),
-        "vision_config": model.config.vision_config.to_dict(),
-        "select_layers": list(model.config.vision_select_layers),
+        "vision_config": config.vision_config.to_dict(),
+        "select_layers": list(config.vision_select_layers),
         "model_seed": cfg.seed,
         "recipe": dataclasses.asdict(recipe),
     }
@@ -111,6 +112,8 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
     if cached is not None:
         print(f"vision pre-training: reusing {folder}")
         return {**cached["summary"], "reused": True}
+    # the random (seeded) tower stage 2 would otherwise start from
+    model, processor = build_model(dataclasses.replace(cfg, vision_weights=None))
     dense = dense_set_from_muse(train_json, processor.image_processor)
     n_fit = len(dense) - min(probe_images, len(dense) // 4)
     fit, held = _split_dense(dense, n_fit)
