@@ -50,16 +50,16 @@ def loader_rate(dataset, sampler, batch: int, workers: int, measure: int, pad_id
 
 def bench_set(name: str, folder: Path, questions: int, size: int, per_image: int, model_cfg, batch: int,
               measure: int, workers: list[int]) -> dict:
+    from pixellm.build import build_processor
     from pixellm.data.mixing import MixedSampler
     from pixellm.data.synth import SynthConfig, write_synth
     from pixellm.train.config import DataSource
     from pixellm.train.data import build_training_data
-    from pixellm.train.setup import processor_for_config
 
     t0 = time.perf_counter()
     write_synth(folder, {"train": questions}, seed=0, cfg=SynthConfig.for_size(size, questions_per_image=per_image))
     made = time.perf_counter() - t0
-    processor = processor_for_config(model_cfg, max_length=512)
+    processor = build_processor(model_cfg, max_length=512)
     t0 = time.perf_counter()
     dataset, rates = build_training_data([DataSource(name=name, kind="synth", path=str(folder / "train.json"))],
                                          processor, seed=0)

@@ -57,14 +57,14 @@ def make_batches(processor, n: int, batch: int, tokens: int, device) -> list[dic
 def run(preset: str, batch: int, checkpointing: bool, steps: int, tokens: int, device) -> dict:
     import torch
 
+    from pixellm.build import build_processor
     from pixellm.model.configuration_pixellm import PixelLMConfig
     from pixellm.model.modeling_pixellm import PixelLMForCausalLM
     from pixellm.train.lora import apply_lora, lora_settings
-    from pixellm.train.setup import enable_gradient_checkpointing, processor_for_config
+    from pixellm.train.setup import enable_gradient_checkpointing
 
     cfg = PixelLMConfig.from_preset(preset)
-    processor = processor_for_config(cfg, tokens)
-    cfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
+    processor = build_processor(cfg, max_length=tokens)
     with torch.device(device):
         model = PixelLMForCausalLM(cfg)
     apply_lora(model, lora_settings(8, 16, 0.05, ["q_proj", "v_proj"]))

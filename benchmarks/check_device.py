@@ -57,6 +57,7 @@ def main() -> int:
     import torch
     from conftest import small_config
 
+    from pixellm.build import build_processor
     from pixellm.model.configuration_pixellm import PixelLMConfig
 
     if args.device.startswith("cuda"):
@@ -65,10 +66,12 @@ def main() -> int:
             return 1
         torch.backends.cuda.matmul.allow_tf32 = False  # compare fp32 with fp32
         torch.backends.cudnn.allow_tf32 = False
+    tiny = PixelLMConfig.from_preset("tiny")
+    build_processor(tiny)  # token ids and vocabulary from the tiny tokenizer (pixellm.build)
     configs = [
         ("small", small_config()),
         ("small-variants", small_config(token_fusion="linear", mask_readout="mean", pixel_detail_channels=8)),
-        ("tiny", PixelLMConfig.from_preset("tiny")),
+        ("tiny", tiny),
     ]
     rows = [check(name, cfg, args.device) for name, cfg in configs]
     for r in rows:

@@ -11,23 +11,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
-SEG_IDS = list(range(90, 96))
-
-
 def small_config(**overrides):
-    from pixellm.model.configuration_pixellm import PixelLMConfig
+    """A small random-model config with the tiny tokenizer's added tokens registered through the
+    one step (``pixellm.build``): codebook ids and vocabulary come from the tokenizer."""
+    from pixellm.build import build_processor
+    from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE, PixelLMConfig
 
     kwargs = dict(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                            num_hidden_layers=3, num_attention_heads=2, patch_size=8, image_size=48,
                            projection_dim=32),
         text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, vocab_size=100),
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=TINY_VOCAB_SIZE),
         vision_select_layers=[-1, -2], image_size=64, llm_image_grid=4, decoder_dim=32, decoder_heads=4,
-        decoder_mlp_dim=64, codebook_token_ids=SEG_IDS, vision_tower="",
+        decoder_mlp_dim=64, vision_tower="",
     )
     kwargs.update(overrides)
-    return PixelLMConfig(**kwargs)
+    cfg = PixelLMConfig(**kwargs)
+    build_processor(cfg)
+    return cfg
 
 
 def make_batch(cfg, targets=(2, 0), sizes=((80, 50), (45, 96)), resized=((64, 40), (30, 64)), seed=0):

@@ -10,12 +10,13 @@ from conftest import make_batch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
+from pixellm.build import build_pixellm
 from pixellm.cli import main
-from pixellm.errors import DataError
-from pixellm.model.configuration_pixellm import PixelLMConfig
+from pixellm.errors import ConfigError, DataError
+from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE
 from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 from pixellm.processing.processing_pixellm import PixelLMProcessor
-from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer
+from pixellm.processing.tokenizer import build_tiny_tokenizer
 from pixellm.tools.convert_released import convert_released
 
 CLIP_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=12, num_attention_heads=2,
@@ -44,16 +45,15 @@ def released(tmp_path_factory):
         hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50,
     ))).save_pretrained(clip_dir)
     tok = build_tiny_tokenizer()
-    ids = add_codebook_tokens(tok, 6)
+    # the one step (pixellm.build): the tokenizer gets the added tokens, the config their ids
+    ref, _ = build_pixellm(
+        "pixellm-7b", tok, text_config={"model_type": "llama", "vocab_size": TINY_VOCAB_SIZE, **LLAMA},
+        vision_config={"model_type": "clip_vision_model", **CLIP_VISION},
+    )
+    ref.eval()
     tok.save_pretrained(src)
     vocab = len(tok)
-
-    cfg = PixelLMConfig.from_preset(
-        "pixellm-7b", text_config={"model_type": "llama", "vocab_size": vocab, **LLAMA},
-        vision_config={"model_type": "clip_vision_model", **CLIP_VISION},
-        codebook_token_ids=ids[:6], im_start_token_id=ids[6], im_end_token_id=ids[7],
-    )
-    ref = PixelLMForCausalLM(cfg).eval()
+    assert ref.config.text_config.vocab_size == vocab
     ref.vision_tower.load_state_dict(CLIPVisionModel.from_pretrained(clip_dir).state_dict())
     state = {_to_released_key(k): v.clone() for k, v in ref.state_dict().items()
              if not k.startswith(("vision_tower.", "token_fusion.", "mask_fusion."))}
@@ -137,3 +137,30 @@ def test_cli_reports_conversion(released, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "dropped 2 unused" in out and "wrote float16 model" in out
     assert (tmp_path / "o" / "config.json").is_file()
+
+
+def test_token_ids_without_tokenizer_files_and_a_tokenizer_too_large(released, tmp_path):
+    """No tokenizer files: the added tokens end the checkpoint's vocabulary (the released layout),
+    which here is where the tokenizer put them. A tokenizer larger than the checkpoint's
+    vocabulary is a one-line error."""
+    src = tmp_path / "no_tokenizer"
+    src.mkdir()
+    for f in released["src"].iterdir():
+        if f.suffix == ".safetensors" or f.name == "config.json":
+            (src / f.name).write_bytes(f.read_bytes())
+    summary = convert_released(src, str(released["clip"]), tmp_path / "out")
+    assert not summary.processor_saved
+    config = PixelLMForCausalLM.from_pretrained(tmp_path / "out").config
+    ref = released["ref"].config
+    assert config.codebook_token_ids == ref.codebook_token_ids
+    assert (config.im_start_token_id, config.im_end_token_id) == (ref.im_start_token_id, ref.im_end_token_id)
+
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for f in src.iterdir():
+        (grown / f.name).write_bytes(f.read_bytes())
+    tok = PixelLMProcessor.from_pretrained(released["src"]).tokenizer
+    tok.add_tokens(["[EXTRA]"])
+    tok.save_pretrained(grown)
+    with pytest.raises(ConfigError, match=r"tokenizer has \d+ tokens .* checkpoint's vocabulary is \d+"):
+        convert_released(grown, str(released["clip"]), tmp_path / "out2")

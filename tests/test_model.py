@@ -9,7 +9,7 @@ import torch
 from conftest import make_batch, small_config
 
 from pixellm.errors import ConfigError, InputError
-from pixellm.model.configuration_pixellm import PixelLMConfig
+from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE, PixelLMConfig
 from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 
 
@@ -40,12 +40,48 @@ def test_released_presets_on_meta(name, hidden, neck, fcs, proj):
     assert count(model.mm_projector) == count(model.out_mm_projector) == proj
     assert model.language_model.config.hidden_size == hidden
     assert cfg.num_codebook_tokens == 6 and cfg.num_image_tokens == 256 and cfg.vision_grid == 32
-    assert cfg.codebook_token_ids == list(range(32000, 32006))
+    # presets carry sizes, not token ids: the ids come from a tokenizer (pixellm.build)
+    assert cfg.codebook_token_ids is None and cfg.text_config.vocab_size == 32000
+
+
+def test_released_layout_comes_out_of_the_one_step():
+    """LLaMA's tokenizer (32000 tokens) + the released sizes -> ids 32000..32007, vocabulary 32008."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from pixellm.build import build_processor
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 32000)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    llama_like = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                         eos_token="</s>", pad_token="<unk>")
+    for name in ("pixellm-7b", "pixellm-13b"):
+        cfg = PixelLMConfig.from_preset(name)
+        processor = build_processor(cfg, llama_like)
+        assert cfg.codebook_token_ids == list(range(32000, 32006)) == processor.codebook_token_ids
+        assert (cfg.im_start_token_id, cfg.im_end_token_id) == (32006, 32007)
+        assert cfg.text_config.vocab_size == 32008 == len(llama_like)
+
+
+def test_preset_sizes_validate_before_any_ids_exist():
+    from pixellm.build import build_processor
+
+    cfg = PixelLMConfig.from_preset("tiny", num_tokens_per_scale=2)
+    assert cfg.codebook_token_ids is None and cfg.num_codebook_tokens == 4
+    build_processor(cfg)
+    assert len(cfg.codebook_token_ids) == 4 and cfg.text_config.vocab_size == 1024 + 4 + 2
+    shared = PixelLMConfig.from_preset("tiny", num_tokens_per_scale=2, shared_codebook=True)
+    assert shared.num_codebook_tokens == 2
+    with pytest.raises(InputError, match="pixellm.build"):
+        PixelLMForCausalLM(shared).codebook_token_ids  # noqa: B018
 
 
 def test_tiny_preset_is_small_and_runs():
-    cfg = PixelLMConfig.from_preset("tiny")
-    model = PixelLMForCausalLM(cfg)
+    from pixellm.build import build_pixellm
+
+    model, _ = build_pixellm("tiny")
+    cfg = model.config
     n = sum(p.numel() for p in model.parameters())
     assert 1e6 < n < 2e7
     out = run(model, make_batch(cfg, targets=(1, 3), sizes=((64, 64), (48, 64)), resized=((64, 64), (48, 64))))
@@ -58,8 +94,13 @@ def test_unknown_preset_and_bad_config():
         PixelLMConfig.from_preset("nope")
     with pytest.raises(ConfigError, match="token_fusion"):
         small_config(token_fusion="max")
-    with pytest.raises(ConfigError, match="codebook_token_ids"):
-        small_config(codebook_token_ids=[90, 91])
+    cfg = small_config()
+    with pytest.raises(ConfigError, match="2 ids for 6 codebook tokens"):
+        cfg.set_token_ids(cfg.codebook_token_ids[:2], cfg.im_start_token_id, cfg.im_end_token_id)
+    saved = cfg.to_dict()
+    saved["text_config"]["vocab_size"] = 1000  # a config.json whose ids lie beyond its vocabulary
+    with pytest.raises(ConfigError, match="do not all lie in the vocabulary of 1000"):
+        PixelLMConfig.from_dict(saved)
 
 
 # -- forward -----------------------------------------------------------------------------------
@@ -165,7 +206,7 @@ def test_refinement_alpha_changes_loss_only_with_overlap():
 
 @pytest.mark.parametrize(
     "override",
-    [dict(token_fusion="linear"), dict(mask_readout="mean"), dict(shared_codebook=True, codebook_token_ids=[90, 91, 92]),
+    [dict(token_fusion="linear"), dict(mask_readout="mean"), dict(shared_codebook=True),
      dict(pixel_detail_channels=8)],
 )
 def test_variant_switches_change_behaviour(override):
@@ -188,7 +229,8 @@ def test_weighted_sum_fusion_starts_at_uniform_weights_and_is_trainable():
     frozen.configure_trainable()
     assert not frozen.token_fusion.weights.requires_grad and not frozen.mask_fusion.gamma.requires_grad
     # shared codebook: one group of N tokens feeds every scale
-    shared = build(small_config(shared_codebook=True, codebook_token_ids=[90, 91, 92]))
+    shared = build(small_config(shared_codebook=True))
+    assert len(shared.codebook_token_ids) == 3
     emb = shared.seg_embeddings(torch.randn(2, 3, 64))
     assert emb.shape == (2, 2, 32) and torch.equal(emb[:, 0], emb[:, 1])
 
@@ -196,7 +238,7 @@ def test_weighted_sum_fusion_starts_at_uniform_weights_and_is_trainable():
 def test_qwen2_language_model_works():
     cfg = small_config(text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        vocab_size=100))
+                                        vocab_size=TINY_VOCAB_SIZE))
     model = build(cfg)
     assert type(model.language_model).__name__ == "Qwen2ForCausalLM"
     out = run(model, make_batch(cfg))
@@ -256,15 +298,13 @@ def test_check_value_of_spec_section_3():
 def test_tiny_model_and_processor_round_trip_in_one_folder(tmp_path):
     import numpy as np
 
+    from pixellm.build import build_pixellm
     from pixellm.data.collate import collate
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
-    cfg = PixelLMConfig.from_preset("tiny")
-    processor = PixelLMProcessor.for_tiny(image_size=cfg.image_size, patch_size=cfg.vision_config.patch_size,
-                                          llm_image_grid=cfg.llm_image_grid)
-    assert processor.codebook_token_ids == cfg.codebook_token_ids
-    torch.manual_seed(0)
-    model = PixelLMForCausalLM(cfg).eval()
+    model, processor = build_pixellm("tiny", seed=0)
+    model.eval()
+    assert processor.codebook_token_ids == model.config.codebook_token_ids
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import small_config
 
 from pixellm.errors import InputError
+from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE
 from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 from pixellm.model.released import convert_released_state_dict, load_released_state_dict
 from pixellm.model.vision import interpolate_position_embeddings
@@ -80,7 +81,7 @@ def released_config():
     # Released sizes for everything non-LLM except CLIP width; a 2-layer LLaMA with H = 64.
     return small_config(
         text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, vocab_size=100),
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=TINY_VOCAB_SIZE),
         decoder_dim=256, decoder_heads=8, decoder_mlp_dim=2048,
     )
 
@@ -97,7 +98,8 @@ def test_released_state_dict_loads_with_no_missing_or_unexpected_keys():
     torch.manual_seed(0)
     model = PixelLMForCausalLM(released_config())
     g = torch.Generator().manual_seed(1)
-    released = {k: torch.randn(s, generator=g) for k, s in released_layout(64, 32, 100, 2, 128).items()}
+    vocab = model.config.text_config.vocab_size
+    released = {k: torch.randn(s, generator=g) for k, s in released_layout(64, 32, vocab, 2, 128).items()}
     dropped = load_released_state_dict(model, released)
     assert sorted(dropped) == sorted(k for k in released if "point" in k or "mask_downscaling" in k)
     own = model.state_dict()
@@ -111,7 +113,7 @@ def test_released_state_dict_loads_with_no_missing_or_unexpected_keys():
 
 def test_released_state_dict_with_wrong_or_missing_keys_is_rejected():
     model = PixelLMForCausalLM(released_config())
-    layout = released_layout(64, 32, 100, 2, 128)
+    layout = released_layout(64, 32, model.config.text_config.vocab_size, 2, 128)
     released = {k: torch.zeros(s) for k, s in layout.items()}
     missing = dict(released)
     del missing["model.mask_decoder.level_embed.weight"]

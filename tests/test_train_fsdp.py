@@ -171,12 +171,11 @@ def test_fsdp_two_processes_match_one_process_resume_and_export(tmp_path):
 
 def test_fsdp_units_are_the_configured_llms_decoder_layers():
     """LLaMA or Qwen2: the blocks are found from the model, not from a pinned class name."""
-    from pixellm.model.configuration_pixellm import PixelLMConfig
-    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.build import build_pixellm
     from pixellm.train.fsdp import block_classes
 
     for model_type, layer in (("llama", "LlamaDecoderLayer"), ("qwen2", "Qwen2DecoderLayer")):
         overrides = small_overrides()
         overrides["text_config"] = {**overrides["text_config"], "model_type": model_type}
-        model = PixelLMForCausalLM(PixelLMConfig.from_preset("tiny", **overrides))
+        model, _ = build_pixellm("tiny", **overrides)
         assert [c.__name__ for c in block_classes(model)] == ["CLIPEncoderLayer", layer]

@@ -5,31 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pixellm.build import build_pixellm
 from pixellm.errors import ConfigError
-from pixellm.model.configuration_pixellm import PixelLMConfig
+from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE, PixelLMConfig
 from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 from pixellm.train.lora import apply_lora, has_lora, load_pixellm, lora_settings, merge_checkpoint, merge_lora
 from pixellm.train.setup import set_trainable
 
 
 def small_model(seed: int = 0) -> PixelLMForCausalLM:
-    cfg = PixelLMConfig(
+    model, _ = build_pixellm(PixelLMConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, patch_size=8, image_size=64, projection_dim=32),
         text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, vocab_size=100),
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=TINY_VOCAB_SIZE),
         vision_select_layers=[-1, -2], image_size=64, llm_image_grid=4, decoder_dim=32, decoder_heads=4,
-        decoder_mlp_dim=64, codebook_token_ids=list(range(90, 96)), vision_tower="",
-    )
-    torch.manual_seed(seed)
-    return PixelLMForCausalLM(cfg)
+        decoder_mlp_dim=64, vision_tower="",
+    ), seed=seed)
+    return model
 
 
-def inputs():
+def inputs(model):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 80, (2, 30), generator=g)
     ids[:, 2:18] = -200
-    ids[0, 20:26] = torch.arange(90, 96)
+    ids[0, 20:26] = torch.tensor(model.codebook_token_ids)
     return dict(input_ids=ids, pixel_values=torch.randn(2, 3, 64, 64, generator=g))
 
 
@@ -68,7 +68,7 @@ def test_adapters_on_q_v_and_trainable_set():
 
 def test_merge_gives_the_same_outputs_and_a_plain_checkpoint(tmp_path):
     model = with_random_adapters(small_model())
-    x = inputs()
+    x = inputs(model)
     base = small_model().eval()(**x).logits
     with torch.no_grad():
         before = model(**x).logits
@@ -86,7 +86,7 @@ def test_merge_gives_the_same_outputs_and_a_plain_checkpoint(tmp_path):
 
 def test_unmerged_checkpoint_round_trip_and_merge_step(tmp_path):
     model = with_random_adapters(small_model())
-    x = inputs()
+    x = inputs(model)
     with torch.no_grad():
         before = model(**x).logits
     model.save_pretrained(tmp_path / "lora")

@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 
+from pixellm.build import build_pixellm, build_processor
 from pixellm.data.synth import SynthConfig, write_synth
 from pixellm.model.configuration_pixellm import PixelLMConfig
-from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 from pixellm.train.demo import _split_dense, largest_object_shape, shape_probe
-from pixellm.train.setup import processor_for_config
 from pixellm.train.vision_pretrain import (
     DensePixelHead,
     VisionPretrainConfig,
@@ -38,8 +37,7 @@ def test_dense_head_maps_each_token_to_its_own_pixels():
 
 def test_dense_set_labels_follow_the_annotations(tmp_path):
     write_synth(tmp_path, {"train": 12}, seed=1)
-    cfg = PixelLMConfig.from_preset("tiny")
-    processor = processor_for_config(cfg, 160)
+    processor = build_processor(PixelLMConfig.from_preset("tiny"), max_length=160)
     dense = dense_set_from_muse(tmp_path / "train.json", processor.image_processor)
     records = json.loads((tmp_path / "train.json").read_text())
     assert len(dense) == len(records)
@@ -56,9 +54,8 @@ def test_stage1_loss_falls_and_the_llm_grid_learns_shape(tmp_path):
     torch.manual_seed(0)
     # the demo's scenes (2-6 shapes), one question per image: 1500 images
     write_synth(tmp_path, {"train": 1500}, seed=0, cfg=SynthConfig(questions_per_image=1))
-    cfg = PixelLMConfig.from_preset("tiny")
-    model = PixelLMForCausalLM(cfg)
-    processor = processor_for_config(cfg, 160)
+    model, processor = build_pixellm("tiny", max_length=160)
+    cfg = model.config
     dense = dense_set_from_muse(tmp_path / "train.json", processor.image_processor)
     shapes = largest_object_shape(tmp_path / "train.json")
     n_fit = len(dense) - 500

@@ -8,6 +8,8 @@ One home for the constants and rules that every stage must agree on (see docs/ar
 - ``IGNORE_INDEX`` (-100): labels that are not supervised.
 - ``SEG_MARKER`` (``"[SEG]"``): one marker per codebook group in decoded answers; ``{seg}`` in
   training answers expands to one group ``[SEG0]..[SEG{n-1}]``.
+- ``added_token_strings``: the tokens added to a tokenizer, in order (codebook, ``<im_start>``,
+  ``<im_end>``).
 - ``find_codebook_groups``: where the complete groups (one target each) are in a token sequence.
 - ``grid_valid_mask``: which cells of a grid over the padded image cover real pixels.
 - ``target_phrases``: the words that introduce each ``[SEG]`` marker (overlays, judges).
@@ -32,12 +34,19 @@ SYSTEM_PROMPT = (
 IMAGE_TOKEN_INDEX = -200  # released constant; never a vocabulary id
 IGNORE_INDEX = -100
 SEG_MARKER = "[SEG]"  # one marker per group in decoded answers
+IM_START, IM_END = "<im_start>", "<im_end>"  # added after the codebook tokens (released layout)
 _SEG_RE = re.compile(r"\{seg\}|\[SEG\]")
 
 
 def codebook_token_strings(num_tokens: int) -> list[str]:
     """``["[SEG0]", ..., "[SEG{n-1}]"]``: the tokens of one codebook group, in order."""
     return [f"[SEG{i}]" for i in range(num_tokens)]
+
+
+def added_token_strings(num_codebook_tokens: int) -> list[str]:
+    """Every token PixelLM adds to a tokenizer, in the order they are added (so, on a tokenizer
+    without them, in the order of their ids): ``[SEG0]..[SEG{n-1}]``, ``<im_start>``, ``<im_end>``."""
+    return [*codebook_token_strings(num_codebook_tokens), IM_START, IM_END]
 
 
 def count_seg(answer: str) -> int:

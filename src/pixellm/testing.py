@@ -34,8 +34,10 @@ def random_pixellm(
     seed: int = 0,
     **overrides: Any,
 ) -> Any:
-    """A random ``PixelLMForCausalLM`` matching ``processor`` (vocabulary, codebook ids, image
-    size, LLM image grid). Sizes are tiny by default (about a second to build on a CPU)."""
+    """A random ``PixelLMForCausalLM`` matching ``processor`` (image size, LLM image grid; the
+    added-token ids and the vocabulary are registered by ``pixellm.build.register_tokens``). Sizes
+    are tiny by default (about a second to build on a CPU)."""
+    from pixellm.build import register_tokens
     from pixellm.model.configuration_pixellm import PixelLMConfig
     from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 
@@ -50,7 +52,8 @@ def random_pixellm(
         text_config=dict(
             model_type="llama", hidden_size=llm_hidden, intermediate_size=2 * llm_hidden,
             num_hidden_layers=llm_layers, num_attention_heads=llm_heads, num_key_value_heads=llm_heads,
-            vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=False,
+            vocab_size=tok.vocab_size,  # the base vocabulary; register_tokens adds the added tokens
+            max_position_embeddings=2048, tie_word_embeddings=False,
             pad_token_id=processor.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         ),
         vision_select_layers=[-1, -2],
@@ -59,14 +62,13 @@ def random_pixellm(
         decoder_dim=decoder_dim,
         decoder_heads=4,
         decoder_mlp_dim=decoder_mlp_dim,
-        codebook_token_ids=list(processor.codebook_token_ids),
-        im_start_token_id=processor.im_start_id,
-        im_end_token_id=processor.im_end_id,
         vision_tower="",
     )
     kwargs.update(overrides)
+    config = PixelLMConfig(**kwargs)
+    register_tokens(config, processor)
     torch.manual_seed(seed)
-    return PixelLMForCausalLM(PixelLMConfig(**kwargs)).eval()
+    return PixelLMForCausalLM(config).eval()
 
 
 def chain_transitions(sequence: Sequence[int], loop_to: int | None = None) -> dict[int, int]:
@@ -113,9 +115,18 @@ def scripted_pixellm(
     repeating from the first occurrence of ``loop_from`` (a suffix of ``answer``) until the token
     limit, or ending with EOS when ``loop_from`` is None. ``strength``: embedding norm of the
     scripted tokens (raise it for wider / deeper models, whose random layers add more)."""
+    model = random_pixellm(processor, **kwargs)
+    script_text(model, processor, answer, loop_from, strength=strength, seed=kwargs.get("seed", 0))
+    return model
+
+
+def script_text(
+    model: Any, processor: Any, answer: str, loop_from: str | None = None, strength: float = 1.0, seed: int = 0
+) -> None:
+    """:func:`script_answer` for text: make greedy decoding of ``model`` (any model, trained or
+    not) answer ``answer`` after the prompt, as :func:`scripted_pixellm` describes (in place)."""
     from pixellm.conventions import expand_seg
 
-    model = random_pixellm(processor, **kwargs)
     tok = processor.tokenizer
     # the prompt ends with "ASSISTANT:"; its last token starts the chain
     start = tok(" ASSISTANT:", add_special_tokens=False).input_ids[-1]
@@ -130,8 +141,7 @@ def scripted_pixellm(
         if seq[-len(tail):] != tail:
             raise ConfigError(f"loop_from {loop_from!r} must tokenise as a suffix of the answer")
         loop_to = len(seq) - len(tail)
-    script_answer(model, chain_transitions(seq, loop_to), strength=strength, seed=kwargs.get("seed", 0))
-    return model
+    script_answer(model, chain_transitions(seq, loop_to), strength=strength, seed=seed)
 
 
 def save_random_predictor(directory: str | os.PathLike, answer: str | None = None, **kwargs: Any) -> None:

@@ -8,12 +8,16 @@ field values reproduce the released model; the paper's variants are switches:
 - ``mask_readout``: ``"first"`` (released: mask token 0) or ``"mean"`` (literal Algorithm 1).
 - ``shared_codebook``: one group of N tokens shared by all L scales (Table A.2) instead of N*L.
 - ``refinement_alpha``: target-refinement weight (1.0 = plain BCE).
+
+Presets carry sizes only (N tokens per scale, the selected layers = L scales, whether the
+codebook is shared, the LLM's base vocabulary); the ids of the added tokens are ``None`` until a
+tokenizer has them. ``pixellm.build`` does that in one step (tokenizer -> added tokens ->
+:meth:`PixelLMConfig.set_token_ids` -> model); this package imports no tokenizer code.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
@@ -52,6 +56,10 @@ class PixelLMConfig(PreTrainedConfig):
             (last row treated as CLS); ``"correct"`` is the standard one.
         llm_image_grid: the first selected layer's patch grid is resized to G x G LLM tokens.
         num_tokens_per_scale: N codebook tokens per scale.
+        shared_codebook: one group of N tokens for all L scales (else N per scale); the number of
+            codebook tokens per target is :attr:`num_codebook_tokens`.
+        codebook_token_ids, im_start_token_id, im_end_token_id: ids of the added tokens; ``None``
+            until :meth:`set_token_ids` records them (``pixellm.build`` does).
         decoder_dim ...: pixel decoder sizes (SAM-style two-way transformer per scale).
         pixel_detail_channels: 0 (released) or the width of an optional full-resolution conv
             path over the input pixels whose features refine the final mask (useful for tiny
@@ -122,7 +130,8 @@ class PixelLMConfig(PreTrainedConfig):
 
     @property
     def num_codebook_tokens(self) -> int:
-        """Tokens per target group: N (shared codebook) or N*L."""
+        """Tokens per target group: N (shared codebook) or N*L. The one rule: the processor, the
+        importer and the model all read it here."""
         n = self.num_tokens_per_scale
         return n if self.shared_codebook else n * self.num_scales
 
@@ -156,17 +165,41 @@ class PixelLMConfig(PreTrainedConfig):
             bad("pos_interpolation", f"unknown value {self.pos_interpolation!r} (released | correct)")
         if self.decoder_dim % self.decoder_heads or self.decoder_dim % 8:
             bad("decoder_dim", "must be divisible by decoder_heads and by 8")
-        if self.codebook_token_ids is not None and len(self.codebook_token_ids) != self.num_codebook_tokens:
-            bad(
-                "codebook_token_ids",
-                f"{len(self.codebook_token_ids)} ids for {self.num_codebook_tokens} codebook tokens",
-            )
+        if self.num_tokens_per_scale < 1:
+            bad("num_tokens_per_scale", f"must be >= 1, got {self.num_tokens_per_scale}")
+        if self.codebook_token_ids is not None:
+            ids = list(self.codebook_token_ids)
+            if len(ids) != self.num_codebook_tokens:
+                bad("codebook_token_ids", f"{len(ids)} ids for {self.num_codebook_tokens} codebook tokens")
+            added = [*ids, *(i for i in (self.im_start_token_id, self.im_end_token_id) if i is not None)]
+            if len(set(added)) != len(added):
+                bad("codebook_token_ids", f"the added tokens' ids {added} are not distinct")
+            vocab = self.text_config.vocab_size
+            if not all(0 <= i < vocab for i in added):
+                bad("codebook_token_ids", f"ids {added} do not all lie in the vocabulary of {vocab}")
 
-    def set_token_ids(self, codebook_token_ids: list[int], im_start: int | None, im_end: int | None) -> None:
-        """Record the ids of the added tokens (after they were added to the tokenizer)."""
-        self.codebook_token_ids = [int(i) for i in codebook_token_ids]
-        self.im_start_token_id = im_start
-        self.im_end_token_id = im_end
+    # -- the added tokens ----------------------------------------------------------------------
+    def set_token_ids(
+        self, codebook_token_ids: list[int], im_start: int | None, im_end: int | None, vocab_size: int | None = None
+    ) -> None:
+        """Record the ids of the added tokens (after they were added to the tokenizer) and the
+        tokenizer's size ``vocab_size`` (added tokens included).
+
+        ``text_config.vocab_size`` (the LLM's embedding rows) grows to ``vocab_size`` when it is
+        smaller and is never shrunk: a preset's base vocabulary (LLaMA's 32000) becomes the
+        tokenizer's size (32008), a base LLM or checkpoint with spare rows keeps them.
+        ``pixellm.build`` is the one caller in the package: it reads the ids from the tokenizer.
+        """
+        ids = [int(i) for i in codebook_token_ids]
+        if len(ids) != self.num_codebook_tokens:
+            raise ConfigError(
+                f"PixelLMConfig.codebook_token_ids: {len(ids)} ids for {self.num_codebook_tokens} codebook tokens"
+            )
+        if vocab_size is not None and vocab_size > self.text_config.vocab_size:
+            self.text_config.vocab_size = int(vocab_size)
+        self.codebook_token_ids = ids
+        self.im_start_token_id = None if im_start is None else int(im_start)
+        self.im_end_token_id = None if im_end is None else int(im_end)
         self.validate_pixellm()
 
     # -- presets ---------------------------------------------------------------------------
@@ -199,32 +232,23 @@ def _llama(hidden: int, layers: int, heads: int, intermediate: int, vocab: int, 
     }
 
 
+# Base vocabularies, before the added tokens (registering them grows the vocabulary to the
+# tokenizer's size): LLaMA's, and the tiny tokenizer's (``build_tiny_tokenizer``'s default).
+LLAMA_VOCAB_SIZE = 32000
+TINY_VOCAB_SIZE = 1024
+
+
 def _released(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
-    vocab = 32000 + 8  # LLaMA vocabulary + [SEG0]..[SEG5], <im_start>, <im_end>
+    # N=3, L=2 (the defaults): with LLaMA's tokenizer the 8 added tokens get ids 32000..32007 and
+    # the vocabulary becomes 32008, as released (docs/architecture.md).
     return {
         "vision_config": {"model_type": "clip_vision_model", **CLIP_VIT_L_336},
-        "text_config": _llama(hidden, layers, heads, intermediate, vocab),
+        "text_config": _llama(hidden, layers, heads, intermediate, LLAMA_VOCAB_SIZE),
         "pos_interpolation": "released",
-        "codebook_token_ids": list(range(32000, 32006)),
-        "im_start_token_id": 32006,
-        "im_end_token_id": 32007,
     }
 
 
-@functools.lru_cache(maxsize=4)
-def _tiny_tokenizer_layout(num_codebook_tokens: int) -> tuple[int, list[int], int, int]:
-    from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    add_codebook_tokens(tok, num_codebook_tokens)
-    ids = tok.convert_tokens_to_ids([f"[SEG{i}]" for i in range(num_codebook_tokens)])
-    im_start, im_end = tok.convert_tokens_to_ids(["<im_start>", "<im_end>"])
-    return len(tok), list(ids), im_start, im_end
-
-
 def _tiny() -> dict:
-    # The tiny tokenizer is trained offline (deterministic, < 1 s); its size fixes the vocabulary.
-    vocab_size, codebook_ids, im_start, im_end = _tiny_tokenizer_layout(6)
     return {
         "vision_config": {
             "model_type": "clip_vision_model",
@@ -237,7 +261,7 @@ def _tiny() -> dict:
             "projection_dim": 128,
             "hidden_act": "quick_gelu",
         },
-        "text_config": _llama(256, 4, 4, 688, vocab_size),
+        "text_config": _llama(256, 4, 4, 688, TINY_VOCAB_SIZE),
         "vision_tower": "",
         "vision_select_layers": [-1, -3],
         "image_size": 64,
@@ -250,9 +274,6 @@ def _tiny() -> dict:
         # 0.492 against 0.474 at 0.5 and 0.447 at 4.0 (teacher-forced 0.819 / 0.814 / 0.810)
         "dice_loss_weight": 2.0,
         "llm_attn_implementation": "eager",
-        "codebook_token_ids": codebook_ids,
-        "im_start_token_id": im_start,
-        "im_end_token_id": im_end,
     }
 
 
@@ -261,8 +282,7 @@ def _tiny_demo() -> dict:
     per token; the synthetic language needs little width) that reads the full 8 x 8 patch grid
     instead of a pooled 4 x 4 one (each token one patch; docs/training.md, "The demo")."""
     cfg = _tiny()
-    vocab_size = cfg["text_config"]["vocab_size"]
-    cfg["text_config"] = _llama(128, 4, 4, 344, vocab_size)
+    cfg["text_config"] = _llama(128, 4, 4, 344, TINY_VOCAB_SIZE)
     cfg["llm_image_grid"] = 8
     return cfg
 

@@ -154,7 +154,10 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
     def codebook_token_ids(self) -> list[int]:
         ids = self.config.codebook_token_ids
         if ids is None:
-            raise InputError("config.codebook_token_ids is not set: add the codebook tokens to the tokenizer first")
+            raise InputError(
+                "config.codebook_token_ids is not set: build the model with pixellm.build, which adds the "
+                "codebook tokens to the tokenizer and records their ids"
+            )
         return list(ids)
 
     # -- stage 1-3: one vision pass ------------------------------------------------------------

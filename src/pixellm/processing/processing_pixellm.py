@@ -67,7 +67,9 @@ class PixelLMProcessor:
         tokenizer: any HF tokenizer; the codebook tokens and ``<im_start>``/``<im_end>`` are added
             if missing (so ``len(tokenizer)`` may grow: size the embeddings after this).
         image_processor: resize / normalise / pad.
-        num_codebook_tokens: N*L tokens per target group (released 6).
+        num_codebook_tokens: tokens per target group, the model config's ``num_codebook_tokens``
+            (N*L, or N with a shared codebook; released 6). ``pixellm.build.build_processor``
+            builds a processor from a config and records the ids in it.
         num_image_tokens: LLM image tokens per image; must equal ``llm_image_grid ** 2``.
         llm_image_grid: side of the LLM image-token grid (released 16).
         max_length: maximum training sequence length, image tokens included (released 512).

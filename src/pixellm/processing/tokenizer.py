@@ -13,14 +13,18 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pixellm.conventions import codebook_token_strings  # noqa: F401  (also re-exported)
+from pixellm.conventions import (  # noqa: F401  (IM_START, IM_END, codebook_token_strings: re-exported)
+    IM_END,
+    IM_START,
+    added_token_strings,
+    codebook_token_strings,
+)
 from pixellm.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
-IM_START, IM_END = "<im_start>", "<im_end>"
 
 # Words the tiny tokenizer should keep whole even without the synthetic corpus: instruction
 # phrases, shapes, colours, sizes, positions, counting and a little general English for VQA.
@@ -128,7 +132,7 @@ def add_codebook_tokens(tokenizer: PreTrainedTokenizerBase, num_tokens: int) -> 
 
     if num_tokens < 1:
         raise ConfigError(f"num_tokens must be >= 1, got {num_tokens}")
-    names = [*codebook_token_strings(num_tokens), IM_START, IM_END]
+    names = added_token_strings(num_tokens)
     vocab = tokenizer.get_vocab()
     new = [AddedToken(n, special=True, normalized=False) for n in names if n not in vocab]
     if new:

@@ -5,8 +5,9 @@ The released folder holds a LLaVA-style ``config.json`` (LLaMA sizes under ``mod
 tokenizer; CLIP is not in it and comes from ``--vision``. Steps:
 
 1. our ``PixelLMConfig``: the released preset values (N=3, L=2, layers [-2, -11], 448 px,
-   "released" position-embedding interpolation), the LLaMA sizes of ``config.json``, the CLIP
-   config of ``--vision`` and the token ids read from the tokenizer;
+   "released" position-embedding interpolation), the LLaMA sizes of ``config.json`` and the CLIP
+   config of ``--vision``; the token ids and the vocabulary size come from the released tokenizer
+   through ``pixellm.build`` (the step training uses), and must agree with the checkpoint;
 2. the released keys are renamed with ``pixellm.model.released`` and checked there (no missing,
    unexpected or mis-shaped key) against a model built on the meta device;
 3. ``PixelLMForCausalLM.from_pretrained(None, config=..., state_dict=...)`` assembles the model
@@ -158,37 +159,28 @@ def load_weights(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_tokenizer(src: Path, num_codebook_tokens: int, vocab_size: int) -> tuple[Any, list[int], int, int]:
-    """The released tokenizer (or None) and the ids of the codebook tokens, ``<im_start>``, ``<im_end>``.
-
-    Without tokenizer files, falls back to the released layout: the N*L codebook tokens, then
-    ``<im_start>``, ``<im_end>``, at the end of the vocabulary.
-    """
+def _load_tokenizer(src: Path) -> Any:
+    """The released tokenizer, or None when the folder has no tokenizer files."""
     if not any((src / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         logger.warning("%s: no tokenizer files; assuming the released token layout", src)
-        first = vocab_size - num_codebook_tokens - 2
-        return None, list(range(first, first + num_codebook_tokens)), vocab_size - 2, vocab_size - 1
+        return None
     from transformers import AutoTokenizer
 
-    from pixellm.processing.tokenizer import add_codebook_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    ids = add_codebook_tokens(tokenizer, num_codebook_tokens)  # present in a release: ids unchanged
-    if len(tokenizer) > vocab_size:
-        raise ConfigError(
-            f"{src}: tokenizer has {len(tokenizer)} tokens (codebook tokens included) "
-            f"but the checkpoint's vocabulary is {vocab_size}"
-        )
-    return tokenizer, ids[:num_codebook_tokens], ids[-2], ids[-1]
+    return AutoTokenizer.from_pretrained(str(src))
 
 
 def build_config(released: dict[str, Any], vision: str, src: Path, preset: str = "pixellm-7b") -> tuple[Any, Any]:
-    """``(PixelLMConfig, PixelLMProcessor or None)`` for a released config and a CLIP folder."""
+    """``(PixelLMConfig, PixelLMProcessor or None)`` for a released config and a CLIP folder.
+
+    The token ids and the vocabulary come from ``pixellm.build`` (the step training uses too): the
+    tokenizer gets the added tokens (a released one has them: ids unchanged) and its size must be
+    the checkpoint's vocabulary. Without tokenizer files the added tokens are taken to end the
+    checkpoint's vocabulary (the released layout).
+    """
     from transformers import CLIPVisionConfig
 
+    from pixellm.build import build_processor, register_appended_tokens
     from pixellm.model.configuration_pixellm import PixelLMConfig
-    from pixellm.processing.image_processing import PixelLMImageProcessor
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
 
     try:
         with quiet_transformers():
@@ -210,20 +202,20 @@ def build_config(released: dict[str, Any], vision: str, src: Path, preset: str =
         overrides["image_size"] = int(released["resize_vision_tower_size"])
     if released.get("out_dim") is not None:
         overrides["decoder_dim"] = int(released["out_dim"])
-    scales = released.get("image_feature_scale_num")
-    base = PixelLMConfig.from_preset(preset)
-    if scales is not None and int(scales) != base.num_scales:
-        raise ConfigError(f"{src}/config.json: image_feature_scale_num {scales} is not supported (the release uses 2)")
-    n_codebook = overrides.get("num_tokens_per_scale", base.num_tokens_per_scale) * base.num_scales
-    tokenizer, codebook, im_start, im_end = _load_tokenizer(src, n_codebook, text["vocab_size"])
-    overrides.update(codebook_token_ids=codebook, im_start_token_id=im_start, im_end_token_id=im_end)
     config = PixelLMConfig.from_preset(preset, **overrides)
-    processor = None
-    if tokenizer is not None:
-        image_processor = PixelLMImageProcessor(image_size=config.image_size, patch_size=config.vision_config.patch_size)
-        processor = PixelLMProcessor(
-            tokenizer, image_processor, num_codebook_tokens=n_codebook,
-            num_image_tokens=config.num_image_tokens, llm_image_grid=config.llm_image_grid,
+    scales = released.get("image_feature_scale_num")
+    if scales is not None and int(scales) != config.num_scales:
+        raise ConfigError(f"{src}/config.json: image_feature_scale_num {scales} is not supported (the release uses 2)")
+    vocab_size = config.text_config.vocab_size
+    tokenizer = _load_tokenizer(src)
+    if tokenizer is None:  # the added tokens end the checkpoint's vocabulary
+        register_appended_tokens(config, vocab_size - config.num_codebook_tokens - 2)
+        return config, None
+    processor = build_processor(config, tokenizer)
+    if config.text_config.vocab_size != vocab_size:
+        raise ConfigError(
+            f"{src}: tokenizer has {len(tokenizer)} tokens (the {config.num_codebook_tokens + 2} added ones "
+            f"included) but the checkpoint's vocabulary is {vocab_size}"
         )
     return config, processor
 

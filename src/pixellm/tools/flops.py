@@ -285,12 +285,14 @@ def preset_flops(
     preset: str, generated_tokens: int = 512, text_tokens: int = DEFAULT_TEXT_TOKENS, targets: int = 1
 ) -> FlopsReport:
     """FLOPs of a named model; LISA-xB uses the same LLaMA size as PixelLM-xB."""
+    from pixellm.build import register_appended_tokens
     from pixellm.model.configuration_pixellm import PixelLMConfig
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     family, size = preset.split("-")
     config = PixelLMConfig.from_preset(f"pixellm-{size}")
+    register_appended_tokens(config)  # the released vocabulary: LLaMA's 32000 + the 8 added tokens
     if family == "pixellm":
         return pixellm_flops(config, text_tokens, generated_tokens, targets, name=preset)
     text = config.text_config.to_dict()

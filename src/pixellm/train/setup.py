@@ -16,27 +16,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pixellm.conventions import SYSTEM_PROMPT
 from pixellm.errors import ConfigError
 from pixellm.train.config import TrainConfig
 
 if TYPE_CHECKING:
     from pixellm.model.modeling_pixellm import PixelLMForCausalLM
     from pixellm.processing.processing_pixellm import PixelLMProcessor
-
-
-def processor_for_config(model_config, max_length: int, system_prompt: str = SYSTEM_PROMPT) -> PixelLMProcessor:
-    """The tiny tokenizer + an image processor matching a (random-init) preset config."""
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
-
-    return PixelLMProcessor.for_tiny(
-        image_size=model_config.image_size,
-        patch_size=model_config.vision_config.patch_size,
-        llm_image_grid=model_config.llm_image_grid,
-        num_codebook_tokens=model_config.num_codebook_tokens,
-        max_length=max_length,
-        system_prompt=system_prompt,
-    )
 
 
 def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
@@ -46,10 +31,8 @@ def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
 
     from transformers import AutoTokenizer
 
+    from pixellm.build import build_pixellm
     from pixellm.model.configuration_pixellm import PixelLMConfig
-    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
-    from pixellm.processing.image_processing import PixelLMImageProcessor
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
     from pixellm.train.base import base_text_config, check_vision_width, load_base_llm, load_clip
 
     text_config = base_text_config(cfg.base_llm)
@@ -69,14 +52,7 @@ def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
     stub = {k: v for k, v in text_config.items() if k != "layer_types"}
     stub["num_hidden_layers"] = 0
     pcfg = PixelLMConfig.from_preset(cfg.preset, text_config=stub, **overrides)
-    image_processor = PixelLMImageProcessor(image_size=pcfg.image_size, patch_size=pcfg.vision_config.patch_size)
-    processor = PixelLMProcessor(
-        tokenizer, image_processor, num_codebook_tokens=pcfg.num_codebook_tokens,
-        num_image_tokens=pcfg.num_image_tokens, llm_image_grid=pcfg.llm_image_grid, max_length=cfg.max_length,
-        system_prompt=cfg.system_prompt,
-    )
-    pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
-    model = PixelLMForCausalLM(pcfg)
+    model, processor = build_pixellm(pcfg, tokenizer, max_length=cfg.max_length, system_prompt=cfg.system_prompt)
     base = load_base_llm(cfg.base_llm, pcfg.vision_config.hidden_size, text_config)
     model.language_model = base.model
     if base.projector:
@@ -92,8 +68,7 @@ def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
 
 def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
     """Model (LoRA applied, trainable set chosen, train mode) and processor for ``cfg``."""
-    from pixellm.model.configuration_pixellm import PixelLMConfig
-    from pixellm.model.modeling_pixellm import PixelLMForCausalLM
+    from pixellm.build import build_pixellm
     from pixellm.processing.processing_pixellm import PixelLMProcessor
     from pixellm.train.lora import apply_lora, has_lora, load_pixellm, lora_settings
 
@@ -103,17 +78,10 @@ def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]
         processor = PixelLMProcessor.from_pretrained(cfg.init_from)
     elif cfg.base_llm:
         model, processor = _from_base(cfg)
-    else:
-        pcfg = PixelLMConfig.from_preset(cfg.preset, **cfg.model_overrides)
-        processor = processor_for_config(pcfg, cfg.max_length, cfg.system_prompt)
-        if pcfg.codebook_token_ids != processor.codebook_token_ids:
-            pcfg.set_token_ids(processor.codebook_token_ids, processor.im_start_id, processor.im_end_id)
-        if len(processor.tokenizer) > pcfg.text_config.vocab_size:
-            raise ConfigError(
-                f"tokenizer has {len(processor.tokenizer)} tokens but the preset's vocab_size is "
-                f"{pcfg.text_config.vocab_size}"
-            )
-        model = PixelLMForCausalLM(pcfg)
+    else:  # the tiny tokenizer; its ids and size go into the preset's config (pixellm.build)
+        model, processor = build_pixellm(
+            cfg.preset, max_length=cfg.max_length, system_prompt=cfg.system_prompt, **cfg.model_overrides
+        )
         if cfg.vision_weights:  # e.g. a stage-1 tower (pixellm.train.vision_pretrain)
             load_vision_weights(model, cfg.vision_weights)
     if cfg.lora.enabled and not has_lora(model):
