@@ -211,3 +211,107 @@ def test_loading_a_checkpoint_prints_no_config_type_warning(tmp_path):
     finally:
         root.removeHandler(handler)
     assert not [m for m in messages if "to instantiate a model of type" in m]
+
+
+def _previous_predictor_path(predictor, images, questions, max_new_tokens):
+    """The Predictor's own greedy inference before ``PixelLMForCausalLM.generate`` existed
+    (encode, embed, the LLM's generate with hidden states, groups, decode), kept as a reference."""
+    model, proc = predictor.model, predictor.processor
+    eos = proc.tokenizer.eos_token_id
+    prompts = [predictor.prepare_question(q) for q in questions]
+    batch = predictor._encode(images, prompts, None, None, "left")
+    with torch.inference_mode():
+        feats = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"])
+        out = model.language_model.generate(
+            inputs_embeds=model.embed_inputs(batch["input_ids"], feats.llm_tokens),
+            attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens, use_cache=True,
+            output_hidden_states=True, return_dict_in_generate=True, eos_token_id=eos,
+            pad_token_id=proc.pad_token_id, do_sample=False, temperature=None, top_p=None, top_k=None,
+        )
+        seqs = out.sequences
+        steps = [out.hidden_states[0][-1][:, -1:]] + [h[-1][:, -1:] for h in out.hidden_states[1:]]
+        step_hidden = torch.cat(steps, dim=1)[:, : seqs.shape[1]]
+        texts, rows, index = [], [], []
+        for b, row in enumerate(seqs.tolist()):
+            ids = row[: row.index(eos)] if eos in row else row
+            parsed = proc.parse_answer(ids)
+            texts.append((parsed.text, ids))
+            for start, end in parsed.group_spans:
+                rows.append(step_hidden[b, start:end])
+                index.append(b)
+        cfg = model.config
+        seg = (model.seg_embeddings(torch.stack(rows)) if rows
+               else feats.decoder.new_zeros((0, cfg.num_scales, cfg.decoder_dim)))
+        masks = model.predict_masks(feats, seg, torch.tensor(index, dtype=torch.long))
+    return [(text, ids, m.float().numpy()) for (text, ids), m in zip(texts, masks)]
+
+
+@pytest.mark.parametrize("name", ["scripted", "gibberish"])
+def test_model_generate_gives_the_previous_text_and_masks(name, request):
+    """Predictor -> model.generate is a refactoring: the same ids, text and (bitwise) masks as
+    the Predictor's former own path, masks or none."""
+    predictor = request.getfixturevalue(name)
+    imgs, qs = _images(), ["Where can I sit?", "Which objects are next to the big red table today?", "Hi"]
+    new = predictor.batch(imgs, qs)
+    old = _previous_predictor_path(predictor, imgs, qs, predictor.options.max_new_tokens)
+    for r, (text, ids, masks) in zip(new, old):
+        assert r.answer == text and r.token_ids == ids
+        assert r.mask_logits.shape == masks.shape and np.array_equal(r.mask_logits, masks)
+    if name == "scripted":
+        assert all(r.num_masks == 3 for r in new)
+
+
+def test_model_generate_outputs_and_generation_kwargs(scripted, processor):
+    model = scripted.model
+    batch = processor(_images()[:2], ["Where can I sit?", "Find the chairs please."])
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=processor.pad_token_id,
+                  eos_token_id=processor.tokenizer.eos_token_id)
+    with torch.no_grad():
+        out = model.generate(**batch, **kwargs)
+        feats = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"])
+        again = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], image_features=feats,
+                               **kwargs)
+    # "the chair [SEG]" (3 + 6 tokens) + "and this" -> one complete group in 12 tokens
+    assert out.sequences.shape == (2, 12) and out.lengths == [12, 12]
+    assert [len(m) for m in out.pred_masks] == [1, 1] and out.incomplete_groups == [0, 0]
+    assert out.pred_masks[0].shape == (1, 40, 70) and out.pred_masks[1].shape == (1, 90, 30)
+    assert out.group_spans == [[(3, 9)], [(3, 9)]]
+    assert out.seg_embeddings.shape == (2, model.config.num_scales, model.config.decoder_dim)
+    assert torch.equal(out.sequences, again.sequences)
+    for a, b in zip(out.pred_masks, again.pred_masks):
+        assert torch.equal(a, b)
+    with pytest.raises(InputError, match="pixel_values or image_features"):
+        model.generate(batch["input_ids"])
+    with pytest.raises(InputError, match="beam search"):
+        model.generate(**batch, num_beams=2, max_new_tokens=3)
+    with pytest.raises(InputError, match="image_features has 2 images for 1"):
+        model.generate(batch["input_ids"][:1], image_features=feats)
+
+
+def test_set_image_runs_the_vision_tower_once_with_the_same_answers(scripted):
+    img, other = _images()[0], _images()[1]
+    questions = ["Where can I sit?", "Which objects are next to the big red table today?", "Find it."]
+    direct = [scripted(img, q) for q in questions]
+    calls = []
+    hook = scripted.model.vision_tower.embeddings.patch_embedding.register_forward_hook(
+        lambda m, i, o: calls.append(1))
+    try:
+        scripted.set_image(img)
+        cached = [scripted.predict(q) for q in questions]
+        assert len(calls) == 1 and scripted.has_image
+        first = cached[0]
+        turn = scripted.predict("And now?", history=[(first.question, first.answer)])
+        assert turn.num_masks == 3 and len(calls) == 1
+        scripted.set_image(other)  # a new image: one more pass, answers about it
+        r = scripted.predict(questions[0])
+        assert len(calls) == 2 and r.masks.shape[1:] == (90, 30)
+        scripted.reset_image()
+        with pytest.raises(InputError, match="no image set"):
+            scripted.predict(questions[0])
+    finally:
+        hook.remove()
+        scripted.reset_image()
+    for a, b in zip(direct, cached):
+        assert a.answer == b.answer and a.token_ids == b.token_ids and a.question == b.question
+        assert np.array_equal(a.mask_logits, b.mask_logits) and np.array_equal(a.masks, b.masks)
+    assert all(a.num_masks == 3 for a in direct)

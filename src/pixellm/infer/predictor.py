@@ -1,10 +1,10 @@
 """``Predictor``: image + question -> answer text with one mask per target.
 
-One vision pass per image feeds both the LLM and the pixel decoder
-(``model.encode_images`` once); the answer comes from one cached ``generate`` call that also
-returns the hidden states of the codebook tokens (``generation.py``); every complete codebook
-group becomes a mask, incomplete ones are dropped and counted (the released code drops *all*
-masks when the count is not a multiple of N*L).
+Thin glue: the processor builds the prompt batch, ``PixelLMForCausalLM.generate`` answers it
+(one vision pass, one cached ``generate`` call, a mask for every complete codebook group;
+incomplete groups are dropped and counted, where the released code drops *all* masks when the
+count is not a multiple of N*L), and the processor reads the ids back into text with ``[SEG]``
+markers. ``set_image`` keeps one image's vision features for several questions (SAM-style).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from pixellm.data.masks import encode_rle
 from pixellm.data.prompts import INSTRUCTIONS, with_instruction
 from pixellm.errors import ConfigError, InputError
-from pixellm.infer.generation import GenerationOptions, generate_with_hidden
+from pixellm.infer.generation import GenerationOptions
 from pixellm.processing.image_processing import ImageInput
 
 History = Sequence[tuple[str, str]]
@@ -106,6 +106,7 @@ class Predictor:
         self.options = options or GenerationOptions()
         self.add_instruction = add_instruction
         self.model_dir: str | None = None  # set by from_pretrained (recorded by ``infer``)
+        self._image: _CachedImage | None = None  # set_image
 
     @classmethod
     def from_pretrained(
@@ -191,12 +192,14 @@ class Predictor:
         answers: Sequence[str] | None,
         histories: Sequence[History] | None,
         padding_side: str,
+        preprocessed: Any = None,
     ) -> dict[str, Any]:
         from pixellm.data.collate import collate
 
         examples = [
             self.processor.encode_example(
-                im, q, None if answers is None else answers[i], history=() if histories is None else histories[i]
+                im, q, None if answers is None else answers[i], history=() if histories is None else histories[i],
+                preprocessed=preprocessed,
             )
             for i, (im, q) in enumerate(zip(images, questions))
         ]
@@ -239,43 +242,77 @@ class Predictor:
         if not questions:
             return []
         options = options or self.options
+        options.validate()
         prompts = [self.prepare_question(q) for q in questions]
         self.check_length(prompts, options.max_new_tokens)
         batch = self._encode(images, prompts, None, histories, "left")
         self._check_encoded(batch, options.max_new_tokens)
-        model = self.model
-        feats = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"])
-        embeds = model.embed_inputs(batch["input_ids"], feats.llm_tokens)
-        gen = generate_with_hidden(
-            model.language_model, embeds, batch["attention_mask"], options,
-            eos_token_id=self.processor.tokenizer.eos_token_id, pad_token_id=self.processor.pad_token_id,
+        return self._generate(batch, prompts, options)
+
+    # -- one image, several questions ------------------------------------------------------
+    @torch.inference_mode()
+    def set_image(self, image: ImageInput) -> None:
+        """Preprocess and encode ``image`` once (SAM-style): later :meth:`predict` calls reuse
+        its vision features and give the answers and masks of ``predictor(image, question)``
+        without running the vision tower again. A new ``set_image`` replaces the image,
+        :meth:`reset_image` forgets it; ``__call__``/``batch`` neither use nor change it."""
+        self._image = None  # an unreadable new image leaves no stale one behind
+        pre = self.processor.image_processor.preprocess_one(image)
+        pixel_values, resized, original = pre
+        device = self.device
+        features = self.model.encode_images(
+            pixel_values[None].to(device),
+            torch.tensor([resized], dtype=torch.long, device=device),
+            torch.tensor([original], dtype=torch.long, device=device),
         )
+        self._image = _CachedImage(pre, features)
 
-        parsed, hidden_rows, image_index = [], [], []
-        for b, n in enumerate(gen.lengths):
-            ids = gen.sequences[b, :n].tolist()
+    def reset_image(self) -> None:
+        """Forget the image of :meth:`set_image`."""
+        self._image = None
+
+    @property
+    def has_image(self) -> bool:
+        return self._image is not None
+
+    @torch.inference_mode()
+    def predict(self, question: str, history: History = (), options: GenerationOptions | None = None) -> PredictionResult:
+        """Answer one question about the image of :meth:`set_image` (``history`` as for
+        ``__call__``)."""
+        if self._image is None:
+            raise InputError("no image set: call set_image(image) first")
+        options = options or self.options
+        options.validate()
+        prompts = [self.prepare_question(question)]
+        self.check_length(prompts, options.max_new_tokens)
+        batch = self._encode([None], prompts, None, [history], "left", preprocessed=self._image.preprocessed)
+        self._check_encoded(batch, options.max_new_tokens)
+        return self._generate(batch, prompts, options, self._image.features)[0]
+
+    def _generate(
+        self, batch: dict[str, Any], prompts: list[str], options: GenerationOptions, features: Any = None
+    ) -> list[PredictionResult]:
+        """``model.generate`` on an encoded batch (``features``: cached vision features, or None
+        to encode ``batch``'s pixels) -> one result per prompt."""
+        if options.do_sample and options.seed is not None:
+            torch.manual_seed(options.seed)
+        out = self.model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=None if features is not None else batch["pixel_values"],
+            resized_sizes=batch["resized_sizes"],
+            original_sizes=batch["original_sizes"],
+            image_features=features,
+            eos_token_id=self.processor.tokenizer.eos_token_id,
+            pad_token_id=self.processor.pad_token_id,
+            **options.generate_kwargs(),
+        )
+        results = []
+        for b, n in enumerate(out.lengths):
+            ids = out.sequences[b, :n].tolist()
             p = self.processor.parse_answer(ids)
-            parsed.append((ids, p))
-            for start, end in p.group_spans:
-                # token t of the answer was predicted by step_hidden[b, t]
-                hidden_rows.append(gen.step_hidden[b, start:end])
-                image_index.append(b)
-        masks = self._decode(feats, hidden_rows, image_index)
-        return [
-            _result(p.text, masks[b], p.incomplete, ids, prompts[b], False)
-            for b, (ids, p) in enumerate(parsed)
-        ]
-
-    def _decode(self, feats: Any, hidden_rows: list[torch.Tensor], image_index: list[int]) -> list[torch.Tensor]:
-        """Codebook hidden states (one ``N*L x H`` block per target) -> per-image mask logits."""
-        model = self.model
-        if hidden_rows:
-            seg = model.seg_embeddings(torch.stack(hidden_rows))  # K x L x C
-        else:
-            cfg = model.config
-            seg = feats.decoder.new_zeros((0, cfg.num_scales, cfg.decoder_dim))
-        index = torch.tensor(image_index, dtype=torch.long, device=feats.decoder.device)
-        return model.predict_masks(feats, seg, index)
+            results.append(_result(p.text, out.pred_masks[b], p.incomplete, ids, prompts[b], False))
+        return results
 
     # -- teacher forcing ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -301,6 +338,14 @@ class Predictor:
             p = self.processor.parse_answer(ids)
             results.append(_result(p.text, out.pred_masks[b], p.incomplete, ids, prompts[b], True))
         return results
+
+
+@dataclass
+class _CachedImage:
+    """``set_image``'s image: ``preprocess_one`` output and its ``ImageFeatures`` (batch of 1)."""
+
+    preprocessed: tuple[torch.Tensor, tuple[int, int], tuple[int, int]]
+    features: Any
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -11,6 +11,10 @@ Flow of one forward pass (docs/architecture.md, "Model, as released"):
    ``text_hidden_fcs`` -> token fusion -> one embedding per target and scale.
 5. Pixel decoder -> per-scale masks -> mask fusion -> (optional detail path) -> resize to the
    padded input, crop the real image, resize to its original size.
+
+``generate`` is the inference path: steps 1-3 once (or reused ``image_features``), the LLM's own
+cached ``generate`` with the post-norm state of every new token, then steps 4-5 for each complete
+codebook group of the answer (``decode_groups``, shared with ``forward``).
 """
 
 from __future__ import annotations
@@ -60,6 +64,29 @@ class PixelLMOutput(ModelOutput):
     pred_masks: list[torch.Tensor] | None = None
     seg_embeddings: torch.Tensor | None = None
     num_targets: list[int] | None = None
+
+
+@dataclass
+class PixelLMGenerateOutput(ModelOutput):
+    """Output of ``PixelLMForCausalLM.generate``.
+
+    Attributes:
+        sequences: Long ``B x n``, the new tokens only (padded with ``pad_token_id`` after EOS).
+        lengths: per sequence, the tokens before its first EOS (all ``n`` when there is none).
+        pred_masks: per sequence, ``K_b x H_b x W_b`` mask logits at its image's original size,
+            one per complete codebook group of ``sequences[b, :lengths[b]]``, in order.
+        group_spans: per sequence, the ``(start, end)`` token spans of those groups.
+        incomplete_groups: per sequence, codebook-token runs that are not a complete group
+            (no mask; the released code drops *all* masks then).
+        seg_embeddings: ``K x L x C`` fused codebook embeddings of all groups, in order.
+    """
+
+    sequences: torch.Tensor | None = None
+    lengths: list[int] | None = None
+    pred_masks: list[torch.Tensor] | None = None
+    group_spans: list[list[tuple[int, int]]] | None = None
+    incomplete_groups: list[int] | None = None
+    seg_embeddings: torch.Tensor | None = None
 
 
 @dataclass
@@ -173,11 +200,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
             raise InputError(f"pixel_values must be B x 3 x {s} x {s}, got {tuple(pixel_values.shape)}")
         b = pixel_values.shape[0]
-        full = torch.tensor([[s, s]] * b, device=pixel_values.device)
-        resized_sizes = full if resized_sizes is None else resized_sizes.to(pixel_values.device).long()
-        original_sizes = resized_sizes if original_sizes is None else original_sizes.long()
         grid = cfg.vision_grid
-        valid = grid_valid_mask(resized_sizes, s, grid)  # the processor's rule for CLIP patches
+        if resized_sizes is None:  # unpadded inputs: every patch is valid (and nothing is read,
+            valid = None  # so the FLOP counter can run this on the meta device)
+            resized_sizes = torch.tensor([[s, s]] * b, device=pixel_values.device)
+        else:
+            resized_sizes = resized_sizes.to(pixel_values.device).long()
+            valid = grid_valid_mask(resized_sizes, s, grid)  # the processor's rule for CLIP patches
+        original_sizes = resized_sizes if original_sizes is None else original_sizes.long()
         states = clip_multiscale_features(
             self.vision_tower, pixel_values, valid, cfg.vision_select_layers, cfg.pos_interpolation
         )
@@ -228,22 +258,69 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # -- stage 4: codebook groups -> target embeddings ------------------------------------------
-    def codebook_positions(self, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+    def codebook_positions(
+        self, input_ids: torch.Tensor, lengths: list[int] | None = None
+    ) -> tuple[list[torch.Tensor], list[int]]:
         """Per sample, the positions of every complete codebook group (``K_b x N*L``), and the
-        number of incomplete groups (runs that do not spell ``[SEG0]..[SEG{n-1}]`` in order)."""
+        number of incomplete groups (runs that do not spell ``[SEG0]..[SEG{n-1}]`` in order).
+        ``lengths``: read only the first ``lengths[b]`` tokens of sample b."""
         n = len(self.codebook_token_ids)
         groups, incomplete = [], []
-        for row in input_ids.tolist():
+        for b, row in enumerate(input_ids.tolist()):
+            if lengths is not None:
+                row = row[: lengths[b]]
             complete, fragments = find_codebook_groups(row, self.codebook_token_ids)
             groups.append(torch.tensor([list(range(s, e)) for s, e in complete], dtype=torch.long).reshape(-1, n))
             incomplete.append(len(fragments))
         return groups, incomplete
 
     def seg_embeddings(self, codebook_hidden: torch.Tensor) -> torch.Tensor:
-        """``K x N*L x H`` hidden states (one row per codebook token) -> ``K x L x C``."""
+        """``K x N*L x H`` hidden states (one row per codebook token) -> ``K x L x C``; ``K`` may
+        be 0 (no targets: an empty ``0 x L x C`` tensor, the one fallback every path uses)."""
+        if codebook_hidden.shape[0] == 0:
+            return codebook_hidden.new_zeros((0, self.config.num_scales, self.config.decoder_dim))
         return self.token_fusion(self.text_hidden_fcs[0](codebook_hidden))
 
+    def decode_groups(
+        self, states: torch.Tensor, groups: list[torch.Tensor], features: ImageFeatures
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Masks of codebook groups: ``states`` ``B x T x H`` where ``states[b, t]`` is the
+        final (post-norm) hidden state that predicts token t of sample b; ``groups[b]``
+        ``K_b x N*L`` token positions (``codebook_positions``). Returns per-sample mask logits
+        (``predict_masks``) and the ``K x L x C`` seg embeddings. ``forward`` and ``generate``
+        both decode through here."""
+        num = [int(g.shape[0]) for g in groups]
+        image_index = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(num)])
+        rows = image_index.to(states.device)
+        positions = torch.cat(groups).to(states.device)
+        seg = self.seg_embeddings(states[rows[:, None], positions])  # K x N*L x H -> K x L x C
+        return self.predict_masks(features, seg, image_index), seg
+
     # -- stage 5: masks ----------------------------------------------------------------------
+    def decode_masks(
+        self, decoder_features: torch.Tensor, seg_embeddings: torch.Tensor, detail: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pixel decoder for K targets: ``decoder_features`` ``K x L x C x G x G`` (each
+        target's image), ``seg_embeddings`` ``K x L x C``, ``detail`` ``K x D x S x S`` (detail
+        path) or None. Returns fused low-resolution mask logits ``K x 1 x 4G x 4G`` (float32) and
+        the detail term ``K x 1 x S x S`` (or None), before any resizing."""
+        grid = decoder_features.shape[-1]
+        pe = self.prompt_encoder.get_dense_pe(grid, grid)
+        dense = self.prompt_encoder.dense_embedding(grid, grid)
+        # CPU bf16 autocast slows the decoder's many small attentions (docs/architecture.md,
+        # "Measured choices"), so the decoder runs in fp32 on CPU; on accelerators autocast stays.
+        on_cpu = decoder_features.device.type == "cpu"
+        with torch.autocast("cpu", enabled=False) if on_cpu else contextlib.nullcontext():
+            seg = seg_embeddings
+            if on_cpu:
+                decoder_features, seg = decoder_features.float(), seg.float()
+            scale_masks = self.mask_decoder(decoder_features, seg.to(decoder_features.dtype), pe, dense)
+            low = self.mask_fusion(scale_masks)[:, None].float()  # K x 1 x 4G x 4G
+            detail_term = None
+            if self.detail is not None:
+                detail_term = self.detail(detail.float() if on_cpu else detail, seg[:, -1]).float()[:, None]
+        return low, detail_term
+
     def predict_masks(
         self, features: ImageFeatures, seg_embeddings: torch.Tensor, image_index: torch.Tensor
     ) -> list[torch.Tensor]:
@@ -254,24 +331,9 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         s = self.config.image_size
         image_index = image_index.to(features.decoder.device).long()
         out: list[torch.Tensor] = []
-        grid = features.decoder.shape[-1]
-        pe = self.prompt_encoder.get_dense_pe(grid, grid)
-        dense = self.prompt_encoder.dense_embedding(grid, grid)
-        # CPU bf16 autocast slows the decoder's many small attentions (docs/architecture.md,
-        # "Measured choices"), so the decoder runs in fp32 on CPU; on accelerators autocast stays.
-        on_cpu = features.decoder.device.type == "cpu"
         if seg_embeddings.shape[0]:
-            with torch.autocast("cpu", enabled=False) if on_cpu else contextlib.nullcontext():
-                dec_features = features.decoder[image_index]
-                seg = seg_embeddings
-                if on_cpu:
-                    dec_features, seg = dec_features.float(), seg.float()
-                scale_masks = self.mask_decoder(dec_features, seg.to(dec_features.dtype), pe, dense)
-                low = self.mask_fusion(scale_masks)[:, None].float()  # K x 1 x 4G x 4G
-                detail_term = None
-                if self.detail is not None:
-                    detail = features.detail[image_index]
-                    detail_term = self.detail(detail.float() if on_cpu else detail, seg[:, -1]).float()[:, None]
+            detail = features.detail[image_index] if self.detail is not None else None
+            low, detail_term = self.decode_masks(features.decoder[image_index], seg_embeddings, detail)
         for i in range(b):
             h, w = (int(v) for v in features.resized_sizes[i])
             oh, ow = (int(v) for v in features.original_sizes[i])
@@ -343,16 +405,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                         f"{tuple(m.shape)} (need {g.shape[0]} x H x W)"
                     )
         num_targets = [int(g.shape[0]) for g in groups]
-        image_index = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(num_targets)])
-        rows = image_index.to(hidden.device)
-        positions = torch.cat([g for g in groups]).to(hidden.device) if sum(num_targets) else None
-        if positions is not None:
-            # The embedding of a codebook token is the hidden state that predicts it.
-            codebook_hidden = hidden[rows[:, None], positions - 1]  # K x N*L x H
-            seg = self.seg_embeddings(codebook_hidden)
-        else:
-            seg = hidden.new_zeros((0, cfg.num_scales, cfg.decoder_dim))
-        pred_masks = self.predict_masks(features, seg, image_index)
+        # The embedding of a codebook token is the hidden state that predicts it: position - 1.
+        pred_masks, seg = self.decode_groups(hidden, [g - 1 for g in groups], features)
 
         out = PixelLMOutput(logits=logits, pred_masks=pred_masks, seg_embeddings=seg, num_targets=num_targets)
         if labels is not None:
@@ -373,6 +427,86 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             out.mask_loss = cfg.ref_loss_weight * ref + cfg.dice_loss_weight * dice
             out.loss = out.mask_loss if out.loss is None else out.loss + out.mask_loss
         return out
+
+    # -- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resized_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
+        **generate_kwargs,
+    ) -> PixelLMGenerateOutput:
+        """Answer left-padded prompts and decode a mask for every complete codebook group.
+
+        Args:
+            input_ids, attention_mask, pixel_values, resized_sizes, original_sizes: as for
+                ``forward`` (the processor's inference batch: prompts ending "ASSISTANT:").
+            image_features: ``encode_images`` output to reuse instead of ``pixel_values`` (one
+                vision pass for several prompts about one image: ``Predictor.set_image``).
+            generate_kwargs: passed to the language model's ``generate`` (``max_new_tokens``,
+                ``do_sample``, ``temperature``, ``eos_token_id``, ``generation_config`` ...);
+                defaults come from its ``generation_config``. Beam search is refused: the hidden
+                states it reports do not follow the returned beams.
+
+        One vision pass feeds the LLM and the pixel decoder; one cached ``generate`` call also
+        returns, per new token, the final (post-norm) hidden state that predicted it
+        (``output_hidden_states``): step 0 is the prefill, whose last position predicted new
+        token 0; step ``t > 0`` holds the position that predicted new token ``t``. Those states
+        are the codebook embeddings a teacher-forced ``forward`` computes (checked in
+        ``tests/test_predictor.py``); the released code instead regenerates the whole answer
+        without a cache to get them.
+        """
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be B x T, got {tuple(input_ids.shape)}")
+        b = input_ids.shape[0]
+        if image_features is None:
+            if pixel_values is None:
+                raise InputError("generate needs pixel_values or image_features")
+            if pixel_values.shape[0] != b:
+                raise InputError(f"pixel_values has {pixel_values.shape[0]} images for {b} sequences")
+            image_features = self.encode_images(pixel_values, resized_sizes, original_sizes)
+        elif image_features.decoder.shape[0] != b:
+            raise InputError(f"image_features has {image_features.decoder.shape[0]} images for {b} sequences")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        llm = self.language_model
+        config = generate_kwargs.get("generation_config") or llm.generation_config
+        if int(generate_kwargs.get("num_beams", getattr(config, "num_beams", 1) or 1)) > 1:
+            raise InputError("beam search is not supported: its hidden states do not follow the returned beams")
+        copies = int(generate_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1) or 1))
+        for key in ("output_hidden_states", "return_dict_in_generate"):
+            generate_kwargs.pop(key, None)  # both are needed here
+        generate_kwargs.setdefault("use_cache", True)
+        # generate derives position ids as cumsum(mask) - 1, the rule forward uses.
+        out = llm.generate(
+            inputs_embeds=self.embed_inputs(input_ids, image_features.llm_tokens),
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        sequences = out.sequences  # transformers 5: only the new tokens when given inputs_embeds
+        steps = [out.hidden_states[0][-1][:, -1:]] + [h[-1][:, -1:] for h in out.hidden_states[1:]]
+        states = torch.cat(steps, dim=1)[:, : sequences.shape[1]]  # states[b, t] predicted token t
+        eos = generate_kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+        eos = set() if eos is None else {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
+        lengths = []
+        for row in sequences.tolist():
+            ends = [i for i, t in enumerate(row) if t in eos]
+            lengths.append(ends[0] if ends else len(row))
+        if copies > 1:  # num_return_sequences: rows b*copies .. b*copies+copies-1 share image b
+            image_features = image_features.select(torch.arange(b).repeat_interleave(copies))
+        groups, incomplete = self.codebook_positions(sequences, lengths)
+        pred_masks, seg = self.decode_groups(states, groups, image_features)
+        spans = [[(int(g[0]), int(g[-1]) + 1) for g in rows] for rows in groups]
+        return PixelLMGenerateOutput(
+            sequences=sequences, lengths=lengths, pred_masks=pred_masks, group_spans=spans,
+            incomplete_groups=incomplete, seg_embeddings=seg,
+        )
 
     def mask_loss_terms(
         self, pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor]

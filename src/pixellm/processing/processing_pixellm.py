@@ -156,6 +156,7 @@ class PixelLMProcessor:
         answer: str | None = None,
         masks: np.ndarray | torch.Tensor | None = None,
         history: Sequence[tuple[str, str]] = (),
+        preprocessed: tuple[torch.Tensor, tuple[int, int], tuple[int, int]] | None = None,
     ) -> dict[str, Any]:
         """One sample for :func:`pixellm.data.collate.collate`.
 
@@ -163,9 +164,10 @@ class PixelLMProcessor:
         image's size, one per marker in order. Returns ``input_ids``, ``attention_mask``,
         ``labels`` (with an answer), ``pixel_values`` [3,S,S], ``resized_size``, ``original_size``,
         ``masks`` (trimmed to the targets kept after truncation, or None), ``num_targets``,
-        ``truncated``.
+        ``truncated``. ``preprocessed``: ``image_processor.preprocess_one(image)`` done earlier
+        (``image`` is then not read).
         """
-        pixel_values, resized, original = self.image_processor.preprocess_one(image)
+        pixel_values, resized, original = preprocessed or self.image_processor.preprocess_one(image)
         conv = encode_conversation(
             self.tokenizer,
             question,

@@ -22,7 +22,8 @@ HELP = "commands: /image PATH, /reset, /save DIR, /help, /quit; anything else is
 
 @dataclass
 class ChatSession:
-    """State of one conversation: the image, earlier (question, answer) turns, the last result."""
+    """State of one conversation: the image (also set in the predictor, whose ``set_image``
+    keeps its vision features for every turn), earlier (question, answer) turns, the last result."""
 
     predictor: Any
     image: Image.Image | None = None
@@ -30,7 +31,9 @@ class ChatSession:
     last: Any = None
 
     def set_image(self, path: str) -> str:
-        self.image = load_image(path)
+        image = load_image(path)
+        self.predictor.set_image(image)  # one vision pass for every question about it
+        self.image = image
         self.history.clear()
         self.last = None
         return f"image {path} ({self.image.width}x{self.image.height}); new conversation"
@@ -43,7 +46,7 @@ class ChatSession:
     def ask(self, question: str) -> str:
         if self.image is None:
             return "no image yet: load one with /image PATH"
-        result = self.predictor(self.image, question, history=self.history)
+        result = self.predictor.predict(question, history=self.history)
         self.history.append((result.question, result.answer))
         self.last = result
         return format_answer(result)

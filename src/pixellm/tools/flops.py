@@ -3,9 +3,10 @@
 Everything is built on the ``meta`` device (no memory, no compute) and counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2 FLOPs), part by part:
 
-- PixelLM: CLIP at 448 px (the layers up to the deepest selected one), projectors + neck, LLM
-  prefill + decoding with a KV cache, seg embeddings (``text_hidden_fcs`` + token fusion) and the
-  multi-scale pixel decoder for each target.
+- PixelLM: the model's own functions: ``encode_images`` (CLIP at 448 px up to the deepest
+  selected layer, projectors + neck), the LLM's forward as ``generate`` runs it (prefill +
+  decoding with a KV cache), ``seg_embeddings`` (``text_hidden_fcs`` + token fusion) and
+  ``decode_masks`` (the multi-scale pixel decoder) for each target.
 - LISA: the same LLM with LLaVA's CLIP ViT-L/14 at 224 px (all 24 layers, LLaVA reads layer -2)
   and a linear projector, ``text_hidden_fcs``, SAM ViT-H at 1024 px (``transformers.SamModel``
   sized as ViT-H) and SAM's prompt encoder + mask decoder for each target.
@@ -138,42 +139,30 @@ def pixellm_flops(
     with META:
         # requires_grad off: FlopCounterMode's module tracker hooks autograd otherwise.
         model = PixelLMForCausalLM(config).eval().requires_grad_(False)
-    s, grid, g = config.image_size, config.vision_grid, config.llm_image_grid
+    s = config.image_size
     hidden = model.language_model.get_input_embeddings().embedding_dim
-    vision_dim = config.vision_config.hidden_size
-    c, n_scales = config.decoder_dim, config.num_scales
     parts: dict[str, int] = {}
     with torch.no_grad():
-        # Same steps as ``PixelLMForCausalLM.encode_images``, called part by part because its
-        # padded-patch check reads tensor values (impossible on meta); no padding = full cost.
+        # The model's own vision pass (no padding = full cost; nothing is read, so it runs on
+        # meta). Its CLIP part is counted on its own through the function encode_images calls;
+        # the rest (projectors, neck, detail features) is the difference.
         pixels = torch.zeros(1, 3, s, s, device=META)
+        encode, features = count_flops(model.encode_images, pixels)
         parts["vision_encoder"], _ = count_flops(
             clip_multiscale_features, model.vision_tower, pixels, None, config.vision_select_layers,
             config.pos_interpolation,
         )
-
-        def projectors() -> None:
-            model.mm_projector(torch.zeros(1, g * g, vision_dim, device=META))
-            for _ in range(n_scales):
-                x = model.out_mm_projector(torch.zeros(1, grid * grid, vision_dim, device=META))
-                model.image_feature_neck(x.transpose(1, 2).reshape(1, hidden, grid, grid))
-            if model.detail is not None:
-                model.detail.features(pixels)
-
-        parts["projectors"], _ = count_flops(projectors)
+        parts["projectors"] = encode - parts["vision_encoder"]
         prompt = text_tokens + config.num_image_tokens
         parts.update(llm_flops(model.language_model, prompt, generated_tokens))
 
         def decoder() -> None:
-            codebook_hidden = torch.zeros(targets, config.num_codebook_tokens, hidden, device=META)
-            seg = model.seg_embeddings(codebook_hidden)  # targets x L x C
-            pe = model.prompt_encoder.get_dense_pe(grid, grid)
-            dense = model.prompt_encoder.dense_embedding(grid, grid)
-            features = torch.zeros(1, n_scales, c, grid, grid, device=META).expand(targets, -1, -1, -1, -1)
-            low = model.mask_fusion(model.mask_decoder(features, seg, pe, dense))
-            if model.detail is not None:
-                model.detail(torch.zeros(targets, config.pixel_detail_channels, s, s, device=META), seg[:, -1])
-            return low
+            # What generate runs per complete group: seg embeddings, then the pixel decoder on
+            # the group's image (the resizing after it counts no FLOPs).
+            seg = model.seg_embeddings(torch.zeros(targets, config.num_codebook_tokens, hidden, device=META))
+            index = torch.zeros(targets, dtype=torch.long, device=META)
+            detail = features.detail[index] if features.detail is not None else None
+            model.decode_masks(features.decoder[index], seg, detail)
 
         parts["pixel_decoder"] = count_flops(decoder)[0] if targets else 0
     notes = {"image_size": s, "vision_layers_run": max(i % (config.vision_config.num_hidden_layers + 1)
