@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pixellm.data.synth import SynthConfig, write_synth
+from pixellm.demo import _split_dense, largest_object_shape, shape_probe
 from pixellm.model.configuration_pixellm import PixelLMConfig
 from pixellm.model.modeling_pixellm import PixelLMForCausalLM
-from pixellm.train.demo import _split_dense, largest_object_shape, shape_probe
 from pixellm.train.setup import processor_for_config
 from pixellm.train.vision_pretrain import (
     DensePixelHead,
