@@ -372,20 +372,36 @@ class Trainer:
     def run(self) -> TrainResult:
         """Set up, train ``cfg.steps`` steps (or up to ``stop_after``), export; see the class doc."""
         cfg = self.cfg
-        self._setup()
-        self._start()
-        while self.step < cfg.steps:
-            self.train_step()
-            if self._due(cfg.log_every):
-                self.log()
-            if self._due(cfg.val_every):
-                self.validate_and_report()
-            if self._due(cfg.save_every):
-                self.checkpoint()
-            if cfg.stop_after is not None and cfg.stop_after <= self.step < cfg.steps:
-                self.stopped = True
-                break
+        try:
+            self._setup()
+            self._start()
+            while self.step < cfg.steps:
+                self.train_step()
+                if self._due(cfg.log_every):
+                    self.log()
+                if self._due(cfg.val_every):
+                    self.validate_and_report()
+                if self._due(cfg.save_every):
+                    self.checkpoint()
+                if cfg.stop_after is not None and cfg.stop_after <= self.step < cfg.steps:
+                    self.stopped = True
+                    break
+        except BaseException:
+            self._abandon()
+            raise
         return self._finish()
+
+    def _abandon(self) -> None:
+        """After a failure: close the bar and the writer and forget accelerate's per-process state,
+        so that a later run in this process may choose another precision. No collectives: the
+        other processes may never get here."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
 
     def _due(self, every: int) -> bool:
         """Whether a periodic action is due after the current step (always after the last one)."""
