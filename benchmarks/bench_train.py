@@ -34,7 +34,7 @@ def one_run(precision: str, steps: int, warmup: int, batch: int) -> dict:
     import torch
 
     from pixellm.data.synth import write_synth
-    from pixellm.train.demo import demo_config
+    from pixellm.demo import demo_config
     from pixellm.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixellm.chat_client import ChatError, ReplyCache
 from pixellm.cli import main
 from pixellm.data.muse import iter_questions, load_muse
 from pixellm.errors import DataError
 from pixellm.tools.datagen import (
     ChatSettings,
     ReplyError,
-    ResponseCache,
     filter_pairs,
     generate,
     parse_json_reply,
@@ -102,7 +102,7 @@ def _good_generation(req):
 
 
 def _settings(chat, **kw):
-    return ChatSettings(api_url=chat.url, model="fake-vlm", timeout=5, retries=3, **kw)
+    return ChatSettings(api_url=chat.url, model="fake-vlm", timeout=5, retries=3, backoff=0.01, **kw)
 
 
 def test_generate_writes_valid_muse_records_and_sends_the_image(chat, coco, tmp_path):
@@ -194,15 +194,23 @@ def test_reply_parsing_and_validation():
         validate_pair({"question": "q", "answer": "{seg}", "targets": [1]}, 2, min_targets=2)
 
 
-def test_cache_drops_a_cut_last_line_but_rejects_corruption_inside(tmp_path):
-    path = tmp_path / "c.jsonl"
-    path.write_text('{"key": "a", "reply": "x"}\n{"key": "b", "re')
-    assert ResponseCache(path).entries == {"a": "x"}
-    ResponseCache(path).put("c", "y")
-    assert ResponseCache(path).entries == {"a": "x", "c": "y"}
-    path.write_text('garbage\n{"key": "a", "reply": "x"}\n')
-    with pytest.raises(DataError, match="c.jsonl:1"):
-        ResponseCache(path)
+def test_cache_survives_reopening_and_rejects_a_file_that_is_not_one(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = ReplyCache(path)
+    cache.put("a", "m", "x")
+    cache.close()
+    assert ReplyCache(path).get("a") == "x" and ReplyCache(path).get("b") is None
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("garbage, not SQLite\n" * 100)
+    with pytest.raises(DataError, match="bad.sqlite: not a reply cache"):
+        ReplyCache(bad)
+
+
+def test_http_refusal_is_one_chat_error_naming_the_image(chat, coco, tmp_path):
+    chat.reply = lambda req: (400, "bad request")
+    with pytest.raises(ChatError, match=r"datagen, image 0: .* refused the request \(HTTP 400\)"):
+        generate(coco, tmp_path / "o.json", _settings(chat), image_root=str(tmp_path), progress=False)
+    assert len(chat.requests) == 1  # a 4xx other than 429 is not retried
 
 
 def test_cli_runs_and_reports_missing_image_as_one_line(chat, coco, tmp_path, capsys):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pixellm.train.demo import demo_config, run_demo
+from pixellm.demo import demo_config, run_demo
 from pixellm.train.vision_pretrain import VisionPretrainConfig
 
 STAGE1 = VisionPretrainConfig(steps=3, batch_size=4)

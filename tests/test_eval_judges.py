@@ -11,9 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from pixellm.chat_client import ChatError
 from pixellm.cli import main
 from pixellm.data.masks import encode_rle
-from pixellm.errors import ConfigError, PixelLMError
+from pixellm.errors import ConfigError
 from pixellm.eval import evaluate_muse
 from pixellm.eval.judges import JudgeItem, make_judge
 from pixellm.eval.judges.embedding import similarity_to_score
@@ -223,24 +224,27 @@ def test_openai_judge_timeout_and_refusal(server, tmp_path):
     server.plan = ["slow", "slow"]
     opts = openai_options(server, tmp_path, retries=1, timeout=0.2)
     with pytest.raises(
-        PixelLMError, match=r"no usable reply for image 0 question 0 after 2 tries: APITimeoutError"
+        ChatError, match=r"judge, image 0 question 0: no usable reply from .* after 2 tries: APITimeoutError"
     ):
         evaluate_muse(gt_records(), prediction([CAT]), judge="openai", judge_options=opts)
     server.plan = ["401"]
     n = len(server.requests)
-    with pytest.raises(PixelLMError, match="refused the request \\(HTTP 401\\)"):
+    with pytest.raises(ChatError, match="refused the request \\(HTTP 401\\).*OPENAI_API_KEY"):
         evaluate_muse(
             gt_records(), prediction([CAT]), judge="openai", judge_options=openai_options(server, tmp_path)
         )
     assert len(server.requests) == n + 1  # no retry on a 4xx
 
 
-def test_openai_judge_configuration_errors(monkeypatch, tmp_path):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        make_judge("openai", url="http://127.0.0.1:9/v1", model="m", cache_path=tmp_path / "c")
+def test_openai_judge_configuration_errors_and_key_rule(server, monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="--judge-url"):
         make_judge("openai", model="m")
+    with pytest.raises(ConfigError, match="--judge-model"):
+        make_judge("openai", url=server.url)
+    # The shared key rule: without $OPENAI_API_KEY the placeholder goes out (local servers need none).
+    monkeypatch.delenv("OPENAI_API_KEY")
+    evaluate_muse(gt_records(), prediction([CAT]), judge="openai", judge_options=openai_options(server, tmp_path))
+    assert server.auth[-1] == "Bearer EMPTY"
 
 
 def test_parse_scores_and_prompt_without_caption():

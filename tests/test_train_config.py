@@ -100,7 +100,7 @@ def test_shipped_configs_load(name):
 
 
 def test_tiny_yaml_matches_the_demo_recipe(tmp_path):
-    from pixellm.train.demo import demo_config
+    from pixellm.demo import demo_config
 
     yaml_cfg = load_config(ROOT / "configs" / "tiny.yaml").to_dict()
     demo = demo_config("demo_out").to_dict()

@@ -84,6 +84,10 @@ def test_resume_without_checkpoint_starts_fresh_and_layout_change_is_refused(syn
     assert res.step == 2 and res.validation and 0.0 <= res.validation[-1]["gIoU"] <= 1.0
     with pytest.raises(ConfigError, match="cannot resume exactly"):
         train(make_cfg(synth_dir, tmp_path / "run", steps=2, batch_size=4, effective_batch=4), resume=True)
+    # The failed run forgot accelerate's per-process state: a later run may pick another precision.
+    from accelerate.state import AcceleratorState, PartialState
+
+    assert not AcceleratorState._shared_state and not PartialState._shared_state
 
 
 def test_crash_before_rename_leaves_no_complete_checkpoint(tmp_path):

@@ -10,8 +10,8 @@ import torch
 
 from pixellm.build import build_pixellm, build_processor
 from pixellm.data.synth import SynthConfig, write_synth
+from pixellm.demo import _split_dense, largest_object_shape, shape_probe
 from pixellm.model.configuration_pixellm import PixelLMConfig
-from pixellm.train.demo import _split_dense, largest_object_shape, shape_probe
 from pixellm.train.vision_pretrain import (
     DensePixelHead,
     VisionPretrainConfig,

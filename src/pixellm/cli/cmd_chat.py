@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pixellm.infer.cli_args import add_model_args
+    from pixellm.cli.cli_args import add_model_args
 
     p = subparsers.add_parser("chat", help="interactive multi-turn chat about an image",
                               description="Chat about an image. Commands: /image PATH, /reset, /save DIR, "
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pixellm.infer.cli_args import load_predictor
+    from pixellm.cli.cli_args import load_predictor
     from pixellm.serve.chat import run_chat
 
     return run_chat(load_predictor(args), image=args.image)

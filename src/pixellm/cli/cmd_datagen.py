@@ -12,12 +12,12 @@ def _add_api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-root", default=None, help="folder that image file names are relative to")
     p.add_argument("--no-image", action="store_true", help="send only text (instances and boxes)")
     p.add_argument("--attempts", type=int, default=2, help="requests per item when replies are invalid")
-    p.add_argument("--retries", type=int, default=5, help="HTTP retries with back-off per request")
+    p.add_argument("--retries", type=int, default=5, help="retries with exponential back-off per request")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--json-mode", action="store_true", help="ask for response_format=json_object")
-    p.add_argument("--cache", default=None, help="reply cache (JSONL; default OUT.cache.jsonl)")
+    p.add_argument("--cache", default=None, help="reply cache (SQLite; default OUT.cache.sqlite)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from pixellm.tools.datagen import ChatSettings
+    from pixellm.chat_client import ChatSettings
 
     return ChatSettings(
         api_url=args.api_url, model=args.model, timeout=args.timeout, retries=args.retries,

@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-    from pixellm.train.demo import run_demo
+    from pixellm.demo import run_demo
 
     metrics = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
     tf = metrics.get("teacher_forced", {})

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pixellm.infer.cli_args import add_model_args
+    from pixellm.cli.cli_args import add_model_args
 
     p = subparsers.add_parser(
         "infer", help="predict a whole split into PRED.jsonl",
@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pixellm.cli.cli_args import generation_options, load_predictor
     from pixellm.files import check_model_folder
-    from pixellm.infer.cli_args import generation_options, load_predictor
     from pixellm.infer.split_inference import check_run_record, parse_data_spec, run_inference, run_record
 
     records, image_root, source = parse_data_spec(args.data)  # bad spec fails before the model loads

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pixellm.infer.cli_args import add_model_args
+    from pixellm.cli.cli_args import add_model_args
 
     p = subparsers.add_parser("predict", help="answer a question about an image, with one mask per target",
                               description="Answer one question; --out writes overlay.png and prediction.json.")
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     import json
 
-    from pixellm.infer.cli_args import load_predictor
+    from pixellm.cli.cli_args import load_predictor
     from pixellm.infer.outputs import prediction_json, write_prediction
     from pixellm.processing.image_processing import load_image, set_max_image_pixels
 

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pixellm.infer.cli_args import add_model_args
+    from pixellm.cli.cli_args import add_model_args
 
     p = subparsers.add_parser("serve", help="web demo: upload an image, ask, see coloured masks",
                               description="Serve the gradio web demo (needs the 'serve' extra: gradio).")
@@ -26,7 +26,7 @@ def handle(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:
         raise ConfigError("gradio is not installed: pip install 'pixellm[serve]'")
-    from pixellm.infer.cli_args import load_predictor
+    from pixellm.cli.cli_args import load_predictor
     from pixellm.serve.app import serve
 
     serve(load_predictor(args), host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)

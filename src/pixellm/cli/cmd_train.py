@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge-lora", default=None, metavar="SRC",
                    help="instead of training: merge the LoRA adapters of the saved model SRC (needs --out)")
     p.add_argument("--out", default=None, help="output folder of --merge-lora")
-    from pixellm.infer.cli_args import add_pixel_limit_arg
+    from pixellm.cli.cli_args import add_pixel_limit_arg
 
     add_pixel_limit_arg(p)  # the same limit as predict / infer / serve (bad images are skipped, counted)
     p.set_defaults(func=_run)

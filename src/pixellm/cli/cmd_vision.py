@@ -29,9 +29,9 @@ def _run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
+    from pixellm.demo import vision_stage
     from pixellm.errors import ConfigError
     from pixellm.train.config import TrainConfig
-    from pixellm.train.demo import vision_stage
     from pixellm.train.vision_pretrain import VisionPretrainConfig
 
     data = Path(args.data)

@@ -7,15 +7,15 @@ pairs whose answers carry one ``{seg}`` after each target. Valid pairs become MU
 ``filter_pairs``: per question-answer pair, ask the model whether the question is vague or the
 answer omits semantically equivalent instances (supplement C.1) and drop flagged pairs.
 
-Every request goes through ``ChatClient``: the ``openai`` client does HTTP retries with
-exponential back-off and the timeout; an append-only JSONL cache keyed by the request's hash
-makes re-runs never ask twice, so an interrupted run resumes where it stopped.
+Every request goes through the shared :class:`pixellm.chat_client.ChatClient` (the one the LLM
+judge uses): a timeout per request, bounded retries with exponential back-off on transient
+failures, and an SQLite reply cache keyed by (model, messages, parameters, attempt) that makes
+re-runs never ask twice, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import mimetypes
 import os
@@ -27,10 +27,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pixellm.chat_client import ChatClient, ChatError, ChatSettings, Message, Transport
 from pixellm.data.muse import SEG_PLACEHOLDER, load_muse, read_json, resolve_image_path, target_description
-from pixellm.errors import ConfigError, DataError, PixelLMError
+from pixellm.errors import ConfigError, DataError
 
-Message = dict[str, Any]
+__all__ = ["ChatClient", "ChatSettings", "FilterStats", "GenerateStats", "ReplyError", "filter_pairs", "generate"]
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -94,104 +95,6 @@ def user_message(text: str, image_path: str | None) -> list[Message]:
     if image_path is not None:
         content.insert(0, image_content(image_path))
     return [{"role": "user", "content": content}]
-
-
-# ----------------------------------------------------------------------------- client + cache
-
-
-class ResponseCache:
-    """Append-only JSONL file ``{"key": sha256, "reply": text}``; later lines win."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.entries: dict[str, str] = {}
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                self.entries[entry["key"]] = entry["reply"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                # The last line may be cut by an interrupted run: drop it (asked again).
-                if n < len(lines):
-                    raise DataError("corrupt cache entry", path=str(self.path), record=n) from None
-                self.path.write_text("".join(x + "\n" for x in lines[:-1]), encoding="utf-8")
-
-    def get(self, key: str) -> str | None:
-        return self.entries.get(key)
-
-    def put(self, key: str, reply: str) -> None:
-        self.entries[key] = reply
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "reply": reply}) + "\n")
-            f.flush()
-
-
-@dataclass
-class ChatSettings:
-    """How to reach the chat endpoint. ``api_key`` defaults to ``$OPENAI_API_KEY``."""
-
-    api_url: str
-    model: str
-    api_key: str | None = None
-    timeout: float = 120.0
-    retries: int = 5  # HTTP-level retries with exponential back-off (done by ``openai``)
-    temperature: float | None = None
-    max_tokens: int | None = None
-    json_mode: bool = False  # send response_format=json_object (not every server supports it)
-
-
-class ChatClient:
-    """Cached chat completions: ``ask(messages, attempt)`` returns the reply text."""
-
-    def __init__(self, settings: ChatSettings, cache_path: str | os.PathLike):
-        try:
-            import openai
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise ConfigError("datagen needs the 'openai' package: pip install 'pixellm[judge]'") from err
-        self.settings = settings
-        self.cache = ResponseCache(cache_path)
-        self.requests = 0  # requests actually sent (cache misses)
-        key = settings.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers need none
-        self._openai = openai
-        self._client = openai.OpenAI(
-            api_key=key, base_url=settings.api_url, timeout=settings.timeout, max_retries=settings.retries
-        )
-
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if self.settings.temperature is not None:
-            params["temperature"] = self.settings.temperature
-        if self.settings.max_tokens is not None:
-            params["max_tokens"] = self.settings.max_tokens
-        if self.settings.json_mode:
-            params["response_format"] = {"type": "json_object"}
-        return params
-
-    def cache_key(self, messages: list[Message], attempt: int) -> str:
-        # The attempt index is part of the key: a re-asked invalid reply is cached separately, so a
-        # re-run replays exactly the same sequence of replies.
-        body = {"model": self.settings.model, "messages": messages, "params": self._params(), "attempt": attempt}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
-
-    def ask(self, messages: list[Message], attempt: int = 0) -> str:
-        key = self.cache_key(messages, attempt)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        try:
-            response = self._client.chat.completions.create(
-                model=self.settings.model, messages=messages, **self._params()
-            )
-        except self._openai.APIError as err:
-            msg = " ".join(str(err).split())[:300]
-            raise PixelLMError(f"chat API {self.settings.api_url} failed: {type(err).__name__}: {msg}") from err
-        self.requests += 1
-        reply = response.choices[0].message.content or ""
-        self.cache.put(key, reply)
-        return reply
 
 
 # ----------------------------------------------------------------------------- replies
@@ -343,7 +246,7 @@ class GenerateStats:
     records: int = 0  # records written
     pairs: int = 0  # question-answer pairs written
     rejected_pairs: int = 0  # pairs dropped by validation
-    requests: int = 0  # requests sent (cache misses)
+    requests: int = 0  # requests sent (cache misses, every try)
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -360,52 +263,60 @@ def generate(
     send_image: bool = True,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    transport: Transport | None = None,
 ) -> GenerateStats:
     """Generate MUSE records from images + instance annotations; write them to ``out``.
 
     A reply that yields no valid pair is asked again (up to ``attempts`` requests per image).
     Output records keep the input's image fields and ``ann_list``; ``answers[q]`` are copies of
-    the targets' annotations with ``rephrased_name`` set to the generated description.
+    the targets' annotations with ``rephrased_name`` set to the generated description. The reply
+    cache defaults to ``OUT.cache.sqlite``; ``transport`` replaces the HTTP client (tests).
     """
     if questions_per_image < 1 or attempts < 1:
         raise ConfigError("questions_per_image and attempts must be >= 1")
     records = load_image_records(images)[: limit if limit is not None else None]
-    client = ChatClient(settings, cache or str(out) + ".cache.jsonl")
-    stats = GenerateStats(images=len(records))
-    reasons: dict[str, int] = defaultdict(int)
-    output = []
-    for i, rec in enumerate(tqdm(records, desc="datagen generate", unit="img", disable=not progress)):
-        anns = rec["ann_list"]
-        if len(anns) < min_instances:
-            stats.skipped += 1
-            continue
-        path = _image_path(rec, image_root, i, str(images)) if send_image else None
-        text = GENERATION_PROMPT.format(
-            height=rec["height"], width=rec["width"], objects=object_lines(anns),
-            count=questions_per_image, seg=SEG_PLACEHOLDER,
-        )
-        messages = user_message(text, path)
-        pairs: list[QAPair] = []
-        for attempt in range(attempts):
-            try:
-                pairs, errors = validate_generation(client.ask(messages, attempt), len(anns), min_targets)
-            except ReplyError as err:
-                pairs, errors = [], [str(err)]
-            stats.rejected_pairs += len(errors)
-            for e in errors:
-                reasons[re.sub(r"\d+|\[.*?\]", "N", e)] += 1  # group reasons by kind
-            if pairs:
-                break
-        if not pairs:
-            stats.failed += 1
-            continue
-        output.append(pairs_to_record(rec, pairs))
-        stats.pairs += len(pairs)
-    stats.records = len(output)
-    stats.requests = client.requests
-    stats.reasons = dict(reasons)
-    _write_json(out, output)
-    return stats
+    with ChatClient(settings, cache or default_cache(out), transport=transport) as client:
+        stats = GenerateStats(images=len(records))
+        reasons: dict[str, int] = defaultdict(int)
+        output = []
+        for i, rec in enumerate(tqdm(records, desc="datagen generate", unit="img", disable=not progress)):
+            anns = rec["ann_list"]
+            if len(anns) < min_instances:
+                stats.skipped += 1
+                continue
+            path = _image_path(rec, image_root, i, str(images)) if send_image else None
+            text = GENERATION_PROMPT.format(
+                height=rec["height"], width=rec["width"], objects=object_lines(anns),
+                count=questions_per_image, seg=SEG_PLACEHOLDER,
+            )
+            messages = user_message(text, path)
+            pairs: list[QAPair] = []
+            for attempt in range(attempts):
+                reply = _ask(client, messages, attempt, f"image {i}")
+                try:
+                    pairs, errors = validate_generation(reply, len(anns), min_targets)
+                except ReplyError as err:
+                    pairs, errors = [], [str(err)]
+                stats.rejected_pairs += len(errors)
+                for e in errors:
+                    reasons[re.sub(r"\d+|\[.*?\]", "N", e)] += 1  # group reasons by kind
+                if pairs:
+                    break
+            if not pairs:
+                stats.failed += 1
+                continue
+            output.append(pairs_to_record(rec, pairs))
+            stats.pairs += len(pairs)
+        stats.records = len(output)
+        stats.requests = client.requests
+        stats.reasons = dict(reasons)
+        _write_json(out, output)
+        return stats
+
+
+def default_cache(out: str | os.PathLike) -> str:
+    """The reply cache next to the output: ``OUT.cache.sqlite``."""
+    return str(out) + ".cache.sqlite"
 
 
 def pairs_to_record(rec: dict[str, Any], pairs: list[QAPair]) -> dict[str, Any]:
@@ -473,63 +384,72 @@ def filter_pairs(
     report: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    transport: Transport | None = None,
 ) -> FilterStats:
     """Drop pairs the model flags as vague or omitting equivalent instances; write ``out``.
 
     ``report`` (optional JSON) lists every pair's verdict: image, question, flags, reason.
-    Records left with no question are dropped.
+    Records left with no question are dropped. The reply cache defaults to ``OUT.cache.sqlite``.
     """
     records = load_muse(data)
-    client = ChatClient(settings, cache or str(out) + ".cache.jsonl")
-    stats = FilterStats(pairs=sum(len(r["questions"]) for r in records))
-    verdicts, output = [], []
-    bar = tqdm(total=stats.pairs, desc="datagen filter", unit="pair", disable=not progress)
-    for i, rec in enumerate(records):
-        anns = rec.get("ann_list") or [a for targets in rec["answers"] for a in targets]
-        path = _image_path(rec, image_root, i, str(data)) if send_image else None
-        texts = rec.get("text_answers") or [None] * len(rec["questions"])
-        keep: list[int] = []
-        for q, (question, targets, text) in enumerate(zip(rec["questions"], rec["answers"], texts)):
-            descs = [target_description(a) for a in targets]
-            answer = text if text is not None else ", ".join(f"{d} {SEG_PLACEHOLDER}" for d in descs)
-            prompt = FILTER_PROMPT.format(
-                height=rec["height"], width=rec["width"], objects=object_lines(anns),
-                question=question, answer=answer, targets="; ".join(descs) or "none",
-            )
-            messages = user_message(prompt, path)
-            verdict: tuple[bool, bool, str] | None = None
-            for attempt in range(attempts):
-                try:
-                    verdict = parse_verdict(client.ask(messages, attempt))
-                    break
-                except ReplyError:
-                    continue
-            if verdict is None:
-                stats.unjudged += 1
-                if keep_unjudged:
-                    keep.append(q)
-            else:
-                stats.vague += verdict[0]
-                stats.omits_equivalent += verdict[1]
-                if not (verdict[0] or verdict[1]):
-                    keep.append(q)
-            verdicts.append({
-                "image": i, "question": q, "text": question,
-                "vague": None if verdict is None else verdict[0],
-                "omits_equivalent": None if verdict is None else verdict[1],
-                "reason": "no valid verdict" if verdict is None else verdict[2],
-                "kept": q in keep,
-            })
-            bar.update(1)
-        stats.kept += len(keep)
-        if keep:
-            output.append(_select_questions(rec, keep))
-    bar.close()
-    stats.requests = client.requests
-    _write_json(out, output)
-    if report is not None:
-        _write_json(report, {"stats": stats.to_dict(), "verdicts": verdicts})
-    return stats
+    with ChatClient(settings, cache or default_cache(out), transport=transport) as client:
+        stats = FilterStats(pairs=sum(len(r["questions"]) for r in records))
+        verdicts, output = [], []
+        bar = tqdm(total=stats.pairs, desc="datagen filter", unit="pair", disable=not progress)
+        for i, rec in enumerate(records):
+            anns = rec.get("ann_list") or [a for targets in rec["answers"] for a in targets]
+            path = _image_path(rec, image_root, i, str(data)) if send_image else None
+            texts = rec.get("text_answers") or [None] * len(rec["questions"])
+            keep: list[int] = []
+            for q, (question, targets, text) in enumerate(zip(rec["questions"], rec["answers"], texts)):
+                descs = [target_description(a) for a in targets]
+                answer = text if text is not None else ", ".join(f"{d} {SEG_PLACEHOLDER}" for d in descs)
+                prompt = FILTER_PROMPT.format(
+                    height=rec["height"], width=rec["width"], objects=object_lines(anns),
+                    question=question, answer=answer, targets="; ".join(descs) or "none",
+                )
+                messages = user_message(prompt, path)
+                verdict: tuple[bool, bool, str] | None = None
+                for attempt in range(attempts):
+                    reply = _ask(client, messages, attempt, f"image {i} question {q}")
+                    try:
+                        verdict = parse_verdict(reply)
+                        break
+                    except ReplyError:
+                        continue
+                if verdict is None:
+                    stats.unjudged += 1
+                    if keep_unjudged:
+                        keep.append(q)
+                else:
+                    stats.vague += verdict[0]
+                    stats.omits_equivalent += verdict[1]
+                    if not (verdict[0] or verdict[1]):
+                        keep.append(q)
+                verdicts.append({
+                    "image": i, "question": q, "text": question,
+                    "vague": None if verdict is None else verdict[0],
+                    "omits_equivalent": None if verdict is None else verdict[1],
+                    "reason": "no valid verdict" if verdict is None else verdict[2],
+                    "kept": q in keep,
+                })
+                bar.update(1)
+            stats.kept += len(keep)
+            if keep:
+                output.append(_select_questions(rec, keep))
+        bar.close()
+        stats.requests = client.requests
+        _write_json(out, output)
+        if report is not None:
+            _write_json(report, {"stats": stats.to_dict(), "verdicts": verdicts})
+        return stats
+
+
+def _ask(client: ChatClient, messages: list[Message], attempt: int, where: str) -> str:
+    try:
+        return client.ask(messages, attempt)
+    except ChatError as err:
+        raise ChatError(f"datagen, {where}: {err}") from err
 
 
 def _select_questions(rec: dict[str, Any], keep: list[int]) -> dict[str, Any]:

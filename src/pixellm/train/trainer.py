@@ -133,13 +133,57 @@ def export_model(model, processor, folder: str | Path, merge_lora: bool = True) 
 
 
 class Trainer:
-    """Holds the state of one run; :meth:`run` trains, saves and exports."""
+    """Holds the state of one run; :meth:`run` trains, saves and exports.
+
+    :meth:`run` is the loop: :meth:`train_step` (one optimizer step of ``accum`` micro-batches),
+    then, when due, :meth:`log`, :meth:`validate_and_report` and :meth:`checkpoint`. Every
+    attribute is created here; :meth:`_setup` (at the start of :meth:`run`) fills the run's
+    objects in, and a resume (``_load_resume_state``) the progress counters.
+    """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None):
         self.cfg = cfg.validate()
         self.resume = resume
         self.out = Path(cfg.output_dir)
         self.export_dir = Path(export_dir) if export_dir else self.out / "final"
+        # The run's objects, built by _setup().
+        self.precision: PrecisionChoice | None = None
+        self.acc: Any = None  # accelerate.Accelerator
+        self.accum = 1  # micro-batches per optimizer step
+        self.deepspeed = False
+        self.fsdp = False
+        self.model: Any = None
+        self.processor: Any = None
+        self.pad_id: int | None = None
+        self.dataset: SegmentationDataset | None = None
+        self.sampler: MixedSampler | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.params: list[torch.nn.Parameter] = []  # the trainable parameters (clipped together)
+        self.val_batches: list[dict[str, Any]] | None = None
+        self.loader: torch.utils.data.DataLoader | None = None
+        self.batches: Any = None  # iterator over the loader
+        self.writer: Any = None  # TensorBoard SummaryWriter (main process only)
+        self.bar: Any = None  # tqdm progress bar
+        # Bad samples: those of earlier runs / file reading (main process) and this process's own.
+        self._prior_skips = SkipTally()
+        self._own_skips = SkipTally()
+        # Progress; a resume restores the "before" counters, history and validation.
+        self.start_step = 0
+        self.resumed_from: Path | None = None
+        self.elapsed_before = 0.0  # training seconds of earlier runs
+        self.samples_before = 0
+        self.history: list[dict[str, float]] = []  # one record per log
+        self.validation: list[dict[str, Any]] = []
+        self.step = 0
+        self.samples = 0  # samples trained on, all processes, earlier runs included
+        self.loop_seconds = 0.0  # seconds inside train_step() in this run
+        self.last_checkpoint: Path | None = None
+        self.stopped = False  # stop_after ended the run before cfg.steps
+        # The logging window: losses and samples since the last log.
+        self._window: dict[str, list[float]] = {k: [] for k in LOSS_PARTS}
+        self._window_samples = 0
+        self._window_t = 0.0
 
     # -- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -183,10 +227,6 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps)
-        self.start_step = 0
-        self.resumed_from: Path | None = None
-        self.elapsed_before = 0.0
-        self.samples_before = 0
         state = self._load_resume_state() if self.resume else None
         if not self.fsdp:
             self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
@@ -209,7 +249,6 @@ class Trainer:
         self.batches = iter(self.loader)  # draws from the RNG: restore the saved states after this
         if state is not None:
             ckpt.load_rng_state(self.resumed_from, acc.process_index)
-        self.writer = None
         if cfg.tensorboard and acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -331,92 +370,137 @@ class Trainer:
         return result
 
     def run(self) -> TrainResult:
+        """Set up, train ``cfg.steps`` steps (or up to ``stop_after``), export; see the class doc."""
+        cfg = self.cfg
+        try:
+            self._setup()
+            self._start()
+            while self.step < cfg.steps:
+                self.train_step()
+                if self._due(cfg.log_every):
+                    self.log()
+                if self._due(cfg.val_every):
+                    self.validate_and_report()
+                if self._due(cfg.save_every):
+                    self.checkpoint()
+                if cfg.stop_after is not None and cfg.stop_after <= self.step < cfg.steps:
+                    self.stopped = True
+                    break
+        except BaseException:
+            self._abandon()
+            raise
+        return self._finish()
+
+    def _abandon(self) -> None:
+        """After a failure: close the bar and the writer and forget accelerate's per-process state,
+        so that a later run in this process may choose another precision. No collectives: the
+        other processes may never get here."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+    def _due(self, every: int) -> bool:
+        """Whether a periodic action is due after the current step (always after the last one)."""
+        return self.step % every == 0 or self.step == self.cfg.steps
+
+    def _start(self) -> None:
         from tqdm.auto import tqdm
 
-        self.history: list[dict[str, float]] = []
-        self.validation: list[dict[str, Any]] = []
-        self._setup()
         acc, cfg = self.acc, self.cfg
         if acc.is_main_process:
             train_n, total_n = count_parameters(acc.unwrap_model(self.model))
             logger.info("training %s of %s parameters on %d process(es), accumulation %d",
                         f"{train_n:,}", f"{total_n:,}", acc.num_processes, self.accum)
-        bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and acc.is_main_process))
-        samples = self.samples_before
-        loop_seconds = 0.0
-        window: dict[str, list[float]] = {k: [] for k in LOSS_PARTS}
-        window_samples, window_t = 0, time.perf_counter()
-        last_ckpt: Path | None = None
-        stopped = False
-        step = self.start_step
+        self.bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not (cfg.progress and acc.is_main_process))
+        self.step, self.samples, self.loop_seconds = self.start_step, self.samples_before, 0.0
+        self._reset_window()
         self.model.train()
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            step_samples = 0
-            for micro in range(self.accum):
-                batch = next(self.batches)
-                skips = batch.pop("skips")
-                self._own_skips.add(skips)
-                if acc.is_main_process:
-                    for s in skips:
-                        logger.warning("replaced bad sample %s (%s): %s", s.where, s.reason, s.detail)
-                batch = to_device(batch, acc.device)
-                step_samples += batch["input_ids"].shape[0]
-                sync = micro == self.accum - 1
-                # ZeRO-2 has no no_sync; accelerate tells the engine where the step ends instead.
-                ctx = contextlib.nullcontext() if sync or self.deepspeed else acc.no_sync(self.model)
-                if self.deepspeed:
-                    acc.gradient_state._set_sync_gradients(sync)
-                with ctx:
-                    out = self.model(**batch, return_logits=False)
-                    # DeepSpeed divides by its gradient_accumulation_steps itself.
-                    acc.backward(out.loss if self.deepspeed else out.loss / self.accum)
-                for k in LOSS_PARTS:
-                    v = getattr(out, k)
-                    if v is not None:
-                        window[k].append(float(v.detach()))
-            if cfg.optim.grad_clip and cfg.optim.grad_clip > 0:
-                acc.clip_grad_norm_(self.params, cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            samples += step_samples * acc.num_processes
-            window_samples += step_samples * acc.num_processes
-            loop_seconds += time.perf_counter() - t0
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                rec = {k: sum(v) / len(v) for k, v in window.items() if v}
-                rec.update(step=step, lr=self.scheduler.get_last_lr()[0],
-                           samples_per_s=window_samples / max(now - window_t, 1e-9))
-                self.history.append(rec)
-                bar.set_postfix({k.replace("_loss", ""): f"{rec[k]:.3f}" for k in LOSS_PARTS if k in rec}
-                                | {"lr": f"{rec['lr']:.1e}", "samples/s": f"{rec['samples_per_s']:.1f}"})
-                if self.writer is not None:
-                    for k, v in rec.items():
-                        if k != "step":
-                            self.writer.add_scalar(f"train/{k}", v, step)
-                window = {k: [] for k in LOSS_PARTS}
-                window_samples, window_t = 0, time.perf_counter()
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                res = self.validate(step)
-                if res is not None:
-                    bar.write(f"step {step}: held-out teacher-forced gIoU={res['gIoU']:.4f} cIoU={res['cIoU']:.4f}")
-                window_t = time.perf_counter()
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                last_ckpt = self.save(step, samples, self.elapsed_before + loop_seconds)
-                window_t = time.perf_counter()
-            if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
-                stopped = True
-                break
-        bar.close()
-        seconds = self.elapsed_before + loop_seconds
+
+    def _reset_window(self) -> None:
+        self._window = {k: [] for k in LOSS_PARTS}
+        self._window_samples, self._window_t = 0, time.perf_counter()
+
+    def train_step(self) -> None:
+        """One optimizer step: ``accum`` micro-batches forward + backward, clipping, update."""
+        acc, cfg = self.acc, self.cfg
+        t0 = time.perf_counter()
+        step_samples = 0
+        for micro in range(self.accum):
+            batch = next(self.batches)
+            skips = batch.pop("skips")
+            self._own_skips.add(skips)
+            if acc.is_main_process:
+                for s in skips:
+                    logger.warning("replaced bad sample %s (%s): %s", s.where, s.reason, s.detail)
+            batch = to_device(batch, acc.device)
+            step_samples += batch["input_ids"].shape[0]
+            sync = micro == self.accum - 1
+            # ZeRO-2 has no no_sync; accelerate tells the engine where the step ends instead.
+            ctx = contextlib.nullcontext() if sync or self.deepspeed else acc.no_sync(self.model)
+            if self.deepspeed:
+                acc.gradient_state._set_sync_gradients(sync)
+            with ctx:
+                out = self.model(**batch, return_logits=False)
+                # DeepSpeed divides by its gradient_accumulation_steps itself.
+                acc.backward(out.loss if self.deepspeed else out.loss / self.accum)
+            for k in LOSS_PARTS:
+                v = getattr(out, k)
+                if v is not None:
+                    self._window[k].append(float(v.detach()))
+        if cfg.optim.grad_clip and cfg.optim.grad_clip > 0:
+            acc.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.samples += step_samples * acc.num_processes
+        self._window_samples += step_samples * acc.num_processes
+        self.loop_seconds += time.perf_counter() - t0
+        self.bar.update(1)
+
+    def log(self) -> dict[str, float]:
+        """Mean losses, lr and throughput since the last log: history, progress bar, TensorBoard."""
+        rec = {k: sum(v) / len(v) for k, v in self._window.items() if v}
+        rec.update(step=self.step, lr=self.scheduler.get_last_lr()[0],
+                   samples_per_s=self._window_samples / max(time.perf_counter() - self._window_t, 1e-9))
+        self.history.append(rec)
+        self.bar.set_postfix({k.replace("_loss", ""): f"{rec[k]:.3f}" for k in LOSS_PARTS if k in rec}
+                             | {"lr": f"{rec['lr']:.1e}", "samples/s": f"{rec['samples_per_s']:.1f}"})
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step":
+                    self.writer.add_scalar(f"train/{k}", v, self.step)
+        self._reset_window()
+        return rec
+
+    def validate_and_report(self) -> dict[str, Any] | None:
+        """:meth:`validate` at the current step, printed; its time is left out of the throughput."""
+        res = self.validate(self.step)
+        if res is not None:
+            self.bar.write(f"step {self.step}: held-out teacher-forced gIoU={res['gIoU']:.4f} cIoU={res['cIoU']:.4f}")
+        self._window_t = time.perf_counter()
+        return res
+
+    def checkpoint(self) -> Path | None:
+        """:meth:`save` at the current step; its time is left out of the throughput."""
+        self.last_checkpoint = self.save(self.step, self.samples, self.elapsed_before + self.loop_seconds)
+        self._window_t = time.perf_counter()
+        return self.last_checkpoint
+
+    def _finish(self) -> TrainResult:
+        """Close the bar, report bad samples, export the final model (unless stopped early)."""
+        acc, cfg, stopped = self.acc, self.cfg, self.stopped
+        self.bar.close()
         skipped = self._gathered_skips()
         result = TrainResult(
-            step=step, output_dir=self.out, export_dir=None, checkpoint=last_ckpt, samples=samples,
-            seconds=seconds, samples_per_second=(samples - self.samples_before) / max(loop_seconds, 1e-9),
+            step=self.step, output_dir=self.out, export_dir=None, checkpoint=self.last_checkpoint,
+            samples=self.samples, seconds=self.elapsed_before + self.loop_seconds,
+            samples_per_second=(self.samples - self.samples_before) / max(self.loop_seconds, 1e-9),
             history=self.history, validation=self.validation, skipped=dict(skipped.distinct()),
             stopped_early=stopped, precision={"chosen": self.precision.name, "reason": self.precision.reason},
         )

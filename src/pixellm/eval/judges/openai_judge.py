@@ -6,27 +6,24 @@ answer and the request for one score per marked mention as JSON. The figure cont
 question-*generation* requirements, which do not apply to judging; we replace them with the
 scoring instruction.
 
-Robustness: every request has a timeout; transient failures (timeouts, connection errors, 429,
-5xx, an unparsable reply) are retried with exponential back-off; each usable reply is stored in
-an SQLite cache keyed by (model, prompt) before moving on, so a re-run or an interrupted run
-never asks the same thing twice.
+Requests go through the shared :class:`pixellm.chat_client.ChatClient` (the one used by data
+generation): a timeout per request, bounded retries with exponential back-off on transient failures
+and on unparsable replies, and an SQLite reply cache keyed by (model, messages, parameters), so a
+re-run or an interrupted run never asks the same thing twice. Failures raise ``ChatError``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import sqlite3
-import time
 from pathlib import Path
-from typing import Any
 
-from pixellm.errors import ConfigError, PixelLMError
+from pixellm.chat_client import API_KEY_ENV, ChatClient, ChatError, ChatSettings, Transport
+from pixellm.errors import ConfigError
 from pixellm.eval.judges.base import Judge, JudgeItem
 
-API_KEY_ENV = "OPENAI_API_KEY"
+__all__ = ["API_KEY_ENV", "OpenAIJudge", "ReplyError", "build_prompt", "default_cache_path", "parse_scores"]
 
 PREAMBLE = (
     "You are an intelligent chatbot designed to evaluate the correctness of generative outputs for "
@@ -90,31 +87,6 @@ def parse_scores(text: str, count: int) -> list[float]:
         raise ReplyError(f"scores must be numbers, got {scores!r}") from err
 
 
-class ReplyCache:
-    """Persistent (key -> scores) store in one SQLite file; each write is committed at once."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = str(path)
-        self._db = sqlite3.connect(self.path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, scores TEXT, reply TEXT)")
-        self._db.commit()
-
-    def get(self, key: str) -> list[float] | None:
-        row = self._db.execute("SELECT scores FROM replies WHERE key = ?", (key,)).fetchone()
-        return None if row is None else [float(s) for s in json.loads(row[0])]
-
-    def put(self, key: str, scores: list[float], reply: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO replies (key, scores, reply) VALUES (?, ?, ?)",
-            (key, json.dumps(scores), reply),
-        )
-        self._db.commit()
-
-    def close(self) -> None:
-        self._db.close()
-
-
 class OpenAIJudge(Judge):
     """Scores mentions with a chat model at ``url`` (e.g. ``http://host:8000/v1``)."""
 
@@ -129,6 +101,7 @@ class OpenAIJudge(Judge):
         retries: int = 5,
         backoff: float = 1.0,
         api_key: str | None = None,
+        transport: Transport | None = None,
     ) -> None:
         if not url:
             raise ConfigError(
@@ -136,73 +109,27 @@ class OpenAIJudge(Judge):
             )
         if not model:
             raise ConfigError("the openai judge needs --judge-model")
-        key = api_key or os.environ.get(API_KEY_ENV)
-        if not key:
-            raise ConfigError(
-                f"the openai judge reads its API key from ${API_KEY_ENV}; set it (any value for a local server)"
-            )
-        from openai import OpenAI
+        settings = ChatSettings(
+            api_url=url, model=model, api_key=api_key, timeout=float(timeout), retries=int(retries),
+            backoff=float(backoff), temperature=0.0,
+        )
+        self.client = ChatClient(settings, cache_path or default_cache_path(), transport=transport)
 
-        # Retries are ours (with back-off and reply validation), so the client never retries itself.
-        self.client = OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
-        self.model, self.retries, self.backoff = model, int(retries), float(backoff)
-        self.cache = ReplyCache(cache_path or default_cache_path())
-        self.requests = 0  # HTTP requests sent (for reporting and tests)
-
-    def cache_key(self, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([self.model, prompt]).encode("utf-8")).hexdigest()
+    @property
+    def requests(self) -> int:
+        """Requests sent (for reporting and tests)."""
+        return self.client.requests
 
     def score(self, item: JudgeItem) -> list[float]:
         if all(g is None for g in item.matched):  # nothing real to judge: padding scores 0
             return [0.0] * len(item.matched)
-        prompt = build_prompt(item)
-        key = self.cache_key(prompt)
-        cached = self.cache.get(key)
-        if cached is not None and len(cached) == len(item.matched):
-            return cached
-        reply, scores = self._ask(prompt, len(item.matched), item.key)
-        self.cache.put(key, scores, reply)
-        return scores
-
-    def _ask(self, prompt: str, count: int, where: tuple[int, int]) -> tuple[str, list[float]]:
-        import openai
-
-        transient = (
-            openai.APITimeoutError,
-            openai.APIConnectionError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-            ReplyError,
-        )
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                self.requests += 1
-                resp = self.client.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0.0
-                )
-                text = _reply_text(resp)
-                return text, parse_scores(text, count)
-            except transient as err:
-                last = err
-            except openai.APIStatusError as err:  # 4xx other than 429: asking again will not help
-                raise PixelLMError(
-                    f"judge endpoint refused the request (HTTP {err.status_code}): {err.message}"
-                ) from err
-        raise PixelLMError(
-            f"judge gave no usable reply for image {where[0]} question {where[1]} after "
-            f"{self.retries + 1} tries: {type(last).__name__}: {last}"
-        )
+        count = len(item.matched)
+        messages = [{"role": "user", "content": build_prompt(item)}]
+        try:
+            reply = self.client.ask(messages, accept=lambda text: parse_scores(text, count))
+        except ChatError as err:
+            raise ChatError(f"judge, image {item.key[0]} question {item.key[1]}: {err}") from err
+        return parse_scores(reply, count)
 
     def close(self) -> None:
-        self.cache.close()
         self.client.close()
-
-
-def _reply_text(resp: Any) -> str:
-    try:
-        return resp.choices[0].message.content or ""
-    except (AttributeError, IndexError) as err:
-        raise ReplyError("reply has no choices[0].message.content") from err
