@@ -5,6 +5,8 @@
   ``from_pretrained`` would silently build the default 7B model and run out of memory).
 - :func:`atomic_folder`: write a whole folder under a hidden temporary name and rename it into
   place, so a crash leaves the previous folder (or none), never a half-written one.
+- :func:`quiet_transformers`: silence transformers' load reports while a folder is read (the
+  callers check what matters and say it in one line).
 - :func:`disk_guard`: turn a failed write caused by a full disk (``OSError`` ENOSPC, or the
   ``RuntimeError`` that ``torch.save`` raises instead) into a one-line "no space left" error.
 """
@@ -53,6 +55,19 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
                 raise ConfigError(f"{root}: missing weights shard {f.name} (listed in {WEIGHTS_INDEX_FILE})")
         return files
     raise ConfigError(f"{root}: missing {WEIGHTS_FILE} (not a complete saved model folder)")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports: the callers' checks say what matters in one line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def check_safetensors(path: str | os.PathLike) -> None:

@@ -17,12 +17,9 @@ tokenizer; CLIP is not in it and comes from ``--vision``. Steps:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +27,11 @@ from typing import Any
 import torch
 
 from pixellm.errors import ConfigError, DataError
+from pixellm.files import quiet_transformers
+from pixellm.model.released import LLAMA_FIELDS, check_index, load_weights, read_released_config, weight_files
 
 logger = logging.getLogger(__name__)
 
-# Released ``config.json`` fields that are LLaMA sizes (the rest are LLaVA / PixelLM settings).
-LLAMA_FIELDS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "hidden_act",
-    "attention_bias", "mlp_bias", "pad_token_id", "bos_token_id", "eos_token_id", "initializer_range",
-)
-REQUIRED_LLAMA_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-LLAMA_MODEL_TYPES = ("llava", "llama", "llava_llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -56,107 +47,6 @@ class ConvertSummary:
     initialised: list[str] = field(default_factory=list)  # parameters absent from the release
     dtype: str = ""
     processor_saved: bool = False
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports: the checks here say what matters in one line."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def read_released_config(src: Path) -> dict[str, Any]:
-    path = src / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (is --src a released hf_model folder?)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON ({err.msg} at line {err.lineno})", path=str(path)) from err
-    if not isinstance(cfg, dict):
-        raise DataError("expected a JSON object", path=str(path))
-    model_type = cfg.get("model_type", "llava")
-    if model_type not in LLAMA_MODEL_TYPES:
-        raise DataError(f"field 'model_type': {model_type!r} is not a LLaMA-based release", path=str(path))
-    for name in REQUIRED_LLAMA_FIELDS:
-        if not isinstance(cfg.get(name), int):
-            raise DataError(f"missing or non-integer field '{name}'", path=str(path))
-    return cfg
-
-
-# Shard indexes written by ``save_pretrained`` when a checkpoint is split.
-INDEX_FILES = (("*.safetensors", "model.safetensors.index.json"), ("pytorch_model*.bin", "pytorch_model.bin.index.json"))
-
-
-def _read_index(path: Path) -> dict[str, str]:
-    """``weight_map`` (key -> shard file name) of a shard index."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON ({err.msg} at line {err.lineno})", path=str(path)) from err
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise DataError("missing or malformed field 'weight_map'", path=str(path))
-    return weight_map
-
-
-def weight_files(src: Path) -> list[Path]:
-    """The checkpoint files: every ``*.safetensors`` if any, else every ``pytorch_model*.bin``.
-
-    A shard index (``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``) decides
-    which shards belong to the checkpoint; a shard it names that is absent (an interrupted
-    download) is an error naming the shard.
-    """
-    for pattern, index in INDEX_FILES:
-        if (src / index).is_file():
-            names = sorted(set(_read_index(src / index).values()))
-            absent = [n for n in names if not (src / n).is_file()]
-            if absent:
-                raise DataError(f"shard {absent[0]} named in the index is missing", path=str(src / index))
-            return [src / n for n in names]
-        files = sorted(src.glob(pattern))
-        if files:
-            return files
-    raise FileNotFoundError(f"{src}: no *.safetensors or pytorch_model*.bin weights")
-
-
-def check_index(src: Path, files: list[Path], state: dict[str, torch.Tensor]) -> None:
-    """The loaded keys are exactly the shard index's (when there is one)."""
-    index = next((src / i for p, i in INDEX_FILES if files and files[0].match(p) and (src / i).is_file()), None)
-    if index is None:
-        return
-    weight_map = _read_index(index)
-    absent = sorted(k for k in weight_map if k not in state)
-    if absent:
-        raise DataError(f"key {absent[0]!r} named in the index is in no shard ({weight_map[absent[0]]})", path=str(index))
-
-
-def load_weights(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Merge the shards into one state dict (``.bin`` files with ``weights_only=True``)."""
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        try:
-            if path.suffix == ".safetensors":
-                part = load_file(str(path))
-            else:
-                part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # corrupt or foreign file: name it
-            raise DataError(f"cannot read weights ({type(err).__name__}: {err})".splitlines()[0], path=str(path)) from err
-        if not isinstance(part, dict):
-            raise DataError("weights file does not hold a state dict", path=str(path))
-        clash = next((k for k in part if k in state), None)
-        if clash is not None:
-            raise DataError(f"key {clash!r} appears in two weight files", path=str(path))
-        state.update(part)
-    return state
 
 
 def _load_tokenizer(src: Path) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pixellm.errors import ConfigError, DataError
-from pixellm.tools.convert_released import quiet_transformers
+from pixellm.files import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BaseLLM:
 def base_text_config(folder: str | Path) -> dict[str, Any]:
     """The LLM config of ``folder`` as a dict: LLaMA fields for LLaVA / LLaMA folders, else the
     folder's own transformers config."""
-    from pixellm.tools.convert_released import LLAMA_FIELDS, LLAMA_MODEL_TYPES, read_released_config
+    from pixellm.model.released import LLAMA_FIELDS, LLAMA_MODEL_TYPES, read_released_config
 
     path = Path(folder)
     if not path.is_dir():
@@ -129,7 +129,7 @@ def load_base_llm(folder: str | Path, vision_hidden: int, text_config: dict[str,
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from pixellm.tools.convert_released import weight_files
+    from pixellm.model.released import weight_files
 
     path = Path(folder)
     text = dict(text_config or base_text_config(path))
