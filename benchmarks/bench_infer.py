@@ -71,11 +71,11 @@ def _paired(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[list[float]
 
 
 def mid_size_processor():
+    from pixellm.build import tiny_tokenizer
     from pixellm.processing.image_processing import PixelLMImageProcessor
     from pixellm.processing.processing_pixellm import PixelLMProcessor
-    from pixellm.processing.tokenizer import build_tiny_tokenizer
 
-    return PixelLMProcessor(build_tiny_tokenizer(), PixelLMImageProcessor(image_size=224, patch_size=14),
+    return PixelLMProcessor(tiny_tokenizer(), PixelLMImageProcessor(image_size=224, patch_size=14),
                             num_image_tokens=256, llm_image_grid=16, max_length=1024)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixellm.data.collate import collate
 from pixellm.errors import InputError
+from pixellm.processing.collate import collate
 
 PAD = 0
 

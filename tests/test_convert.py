@@ -10,13 +10,12 @@ from conftest import make_batch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-from pixellm.build import build_pixellm
+from pixellm.build import build_pixellm, tiny_tokenizer
 from pixellm.cli import main
 from pixellm.errors import ConfigError, DataError
 from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE
 from pixellm.model.modeling_pixellm import PixelLMForCausalLM
 from pixellm.processing.processing_pixellm import PixelLMProcessor
-from pixellm.processing.tokenizer import build_tiny_tokenizer
 from pixellm.tools.convert_released import convert_released
 
 CLIP_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=12, num_attention_heads=2,
@@ -44,7 +43,7 @@ def released(tmp_path_factory):
     CLIPModel(CLIPConfig(vision_config=CLIP_VISION, text_config=dict(
         hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50,
     ))).save_pretrained(clip_dir)
-    tok = build_tiny_tokenizer()
+    tok = tiny_tokenizer()
     # the one step (pixellm.build): the tokenizer gets the added tokens, the config their ids
     ref, _ = build_pixellm(
         "pixellm-7b", tok, text_config={"model_type": "llama", "vocab_size": TINY_VOCAB_SIZE, **LLAMA},

@@ -98,10 +98,10 @@ def test_reports_reach_the_main_process_from_workers(tmp_path):
 
 
 def test_with_the_real_processor(tmp_path):
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.build import tiny_processor
     from pixellm.train.data import collate_train
 
-    processor = PixelLMProcessor.for_tiny()
+    processor = tiny_processor()
     ds = muse_dataset(write_data(tmp_path), processor.encode_example)
     # "explode" is only an error for fake_encode: the real processor encodes it, so it replaces 2..6.
     batch = collate_train([ds[i] for i in range(3)], pad_token_id=0)

@@ -10,15 +10,15 @@ from pixellm.train.data import build_training_data
 
 
 def bad_dataset(tmp_path):
+    from pixellm.build import tiny_processor
     from pixellm.data.synth import write_synth
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
 
     write_synth(tmp_path, {"train": 6}, seed=0)
     records = json.loads((tmp_path / "train.json").read_text())
     records[0]["file_name"] = "images/train/missing.png"  # every question of image 0 is bad
     (tmp_path / "train.json").write_text(json.dumps(records))
     sources = [DataSource(name="synth", kind="synth", path=str(tmp_path / "train.json"))]
-    ds, _ = build_training_data(sources, PixelLMProcessor.for_tiny(), seed=0)
+    ds, _ = build_training_data(sources, tiny_processor(), seed=0)
     return ds, len(records[0]["questions"])
 
 

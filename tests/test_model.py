@@ -299,7 +299,7 @@ def test_tiny_model_and_processor_round_trip_in_one_folder(tmp_path):
     import numpy as np
 
     from pixellm.build import build_pixellm
-    from pixellm.data.collate import collate
+    from pixellm.processing.collate import collate
     from pixellm.processing.processing_pixellm import PixelLMProcessor
 
     model, processor = build_pixellm("tiny", seed=0)

@@ -23,9 +23,9 @@ ANSWER, LOOP = " the chair [SEG] and this [SEG]", " and this [SEG]"
 
 @pytest.fixture(scope="module")
 def processor():
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.build import tiny_processor
 
-    return PixelLMProcessor.for_tiny()
+    return tiny_processor()
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +315,50 @@ def test_set_image_runs_the_vision_tower_once_with_the_same_answers(scripted):
         assert a.answer == b.answer and a.token_ids == b.token_ids and a.question == b.question
         assert np.array_equal(a.mask_logits, b.mask_logits) and np.array_equal(a.masks, b.masks)
     assert all(a.num_masks == 3 for a in direct)
+
+
+# Run in a fresh interpreter: which modules are imported (and so whether "pixellm" is registered
+# with AutoConfig) depends on what ran before. Prints the model modules imported and the
+# config-type warnings, as JSON.
+_LOAD_PROCESSOR = """
+import json, logging, sys
+from transformers.utils import logging as hf_logging
+messages = []
+class Collect(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+hf_logging.get_logger("transformers").addHandler(Collect(level=logging.WARNING))
+{load}
+print(json.dumps({{
+    "model_modules": sorted(m for m in sys.modules if m.startswith("pixellm.model")),
+    "warnings": [m for m in messages if "to instantiate a model of type" in m],
+}}))
+"""
+
+
+@pytest.mark.parametrize(
+    "load, registers",
+    [
+        # the processing layer alone: no model module (docs/architecture.md, "Import graph")
+        ("from pixellm.processing.processing_pixellm import PixelLMProcessor\n"
+         "PixelLMProcessor.from_pretrained(sys.argv[1])", False),
+        # the public name and pixellm.build register "pixellm" first: no warning
+        ("from pixellm import PixelLMProcessor\nPixelLMProcessor.from_pretrained(sys.argv[1])", True),
+        ("from pixellm.build import load_processor\nload_processor(sys.argv[1])", True),
+    ],
+    ids=["processing-alone", "public-name", "build.load_processor"],
+)
+def test_loading_a_processor_folder(tmp_path, load, registers):
+    import json
+    import subprocess
+    import sys
+
+    save_random_predictor(tmp_path)
+    code = _LOAD_PROCESSOR.format(load=load)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    if registers:
+        assert found["model_modules"] == ["pixellm.model", "pixellm.model.configuration_pixellm"]
+        assert found["warnings"] == []
+    else:
+        assert found["model_modules"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pixellm.build import tiny_tokenizer
 from pixellm.errors import InputError
 from pixellm.processing.conversation import (
     IGNORE_INDEX,
@@ -14,7 +15,7 @@ from pixellm.processing.conversation import (
     expand_seg,
     find_codebook_groups,
 )
-from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer
+from pixellm.processing.tokenizer import add_codebook_tokens
 
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
@@ -28,7 +29,7 @@ N_IMG = 16
 
 @pytest.fixture(scope="module")
 def tok_ids():
-    tok = build_tiny_tokenizer()
+    tok = tiny_tokenizer()
     ids = add_codebook_tokens(tok, 6)
     return tok, ids[:6]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pixellm.build import tiny_processor
 from pixellm.errors import ConfigError, InputError
 from pixellm.processing.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pixellm.processing.processing_pixellm import PixelLMProcessor
@@ -15,7 +16,7 @@ ANSWER = "The cup {seg} and the bowl {seg}."
 
 @pytest.fixture(scope="module")
 def proc():
-    return PixelLMProcessor.for_tiny()  # S=64, patch 8, LLM grid 4 -> 16 image tokens, 6 codebook tokens
+    return tiny_processor()  # S=64, patch 8, LLM grid 4 -> 16 image tokens, 6 codebook tokens
 
 
 def image(h, w, seed=0):

@@ -1,13 +1,16 @@
-"""Tiny tokenizer: round trips, BOS, specials, codebook tokens, determinism, save/load."""
+"""Tiny tokenizer: round trips, BOS, specials, codebook tokens, determinism, pinned vocabulary,
+save/load."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 
 import pytest
 
+from pixellm.build import tiny_tokenizer
 from pixellm.errors import ConfigError
 from pixellm.processing.tokenizer import (
     add_codebook_tokens,
@@ -15,10 +18,40 @@ from pixellm.processing.tokenizer import (
     llava_template_text,
 )
 
+# The ``tiny`` preset's tokenizer (every saved tiny checkpoint holds it) must not change. Recorded
+# from the code before the synthetic set's corpus came in from pixellm.build (it was imported by
+# pixellm.processing.tokenizer then): sha256 of json.dumps of the vocabulary as [token, id] pairs in
+# id order, and of the merges as [left, right] pairs in rank order.
+TINY_VOCAB_DIGESTS = {
+    "vocab": (1024, "e10ed02b831655bcb7a42de68c4366b49843e897d0a319381b6ed25c0a7a1481"),
+    "merges": (765, "533f14832d8f26f4db8586cb97dcb3e7b0a78b16785590d107ac37a0f4439b1c"),
+}
+
+
+def vocab_digests(tokenizer) -> dict[str, tuple[int, str]]:
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    merges = [list(m) if isinstance(m, list) else m.split(" ") for m in model["merges"]]
+    digest = lambda obj: hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()  # noqa: E731
+    return {"vocab": (len(vocab), digest(vocab)), "merges": (len(merges), digest(merges))}
+
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tiny_tokenizer()
+    return tiny_tokenizer()
+
+
+def test_the_tiny_presets_tokenizer_is_unchanged(tok):
+    assert vocab_digests(tok) == TINY_VOCAB_DIGESTS
+
+
+def test_extra_corpus_is_what_build_adds():
+    from pixellm.data.synth import tokenizer_corpus
+
+    assert vocab_digests(build_tiny_tokenizer(extra_corpus=tokenizer_corpus())) == TINY_VOCAB_DIGESTS
+    assert vocab_digests(build_tiny_tokenizer()) != TINY_VOCAB_DIGESTS  # the synthetic corpus matters
+    with pytest.raises(ConfigError, match="not both"):
+        build_tiny_tokenizer(["a b"] * 3, extra_corpus=["c"])
 
 
 @pytest.mark.parametrize(
@@ -57,8 +90,8 @@ def test_custom_corpus_and_vocab_size():
 
 def test_training_is_deterministic_across_processes(tok):
     code = (
-        "import hashlib; from pixellm.processing.tokenizer import build_tiny_tokenizer;"
-        "print(hashlib.sha256(build_tiny_tokenizer().backend_tokenizer.to_str().encode()).hexdigest())"
+        "import hashlib; from pixellm.build import tiny_tokenizer;"
+        "print(hashlib.sha256(tiny_tokenizer().backend_tokenizer.to_str().encode()).hexdigest())"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     here = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
@@ -66,7 +99,7 @@ def test_training_is_deterministic_across_processes(tok):
 
 
 def test_add_codebook_tokens_order_idempotent_and_unsplit():
-    tok = build_tiny_tokenizer()
+    tok = tiny_tokenizer()
     base = len(tok)
     ids = add_codebook_tokens(tok, 6)
     assert ids == list(range(base, base + 8))

@@ -295,12 +295,12 @@ def test_prediction_runs_clip_once_and_decodes_with_the_kv_cache():
     one new token."""
     import numpy as np
 
+    from pixellm.build import tiny_processor
     from pixellm.infer.generation import GenerationOptions
     from pixellm.infer.predictor import Predictor
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
     from pixellm.testing import scripted_pixellm
 
-    processor = PixelLMProcessor.for_tiny()
+    processor = tiny_processor()
     model = scripted_pixellm(processor, " the chair [SEG] and this [SEG]", loop_from=" and this [SEG]")
     predictor = Predictor(model, processor, GenerationOptions(max_new_tokens=20))
     clip_calls, llm_lengths = [], []

@@ -20,11 +20,11 @@ from safetensors.torch import save_file
 from test_released import released_layout, released_tower_features
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
+from pixellm.build import tiny_tokenizer
 from pixellm.cli import main
 from pixellm.errors import DataError
 from pixellm.infer.generation import GenerationOptions
 from pixellm.infer.predictor import Predictor
-from pixellm.processing.tokenizer import build_tiny_tokenizer
 from pixellm.tools.convert_released import convert_released
 
 CLIP_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=12, num_attention_heads=2,
@@ -48,7 +48,7 @@ def to_released_key(key: str) -> str:
 def write_released_folder(root, fmt: str, clip_dir, seed: int = 0) -> dict[str, torch.Tensor]:
     """Write ``root`` as a released ``hf_model`` folder; return the tensors written."""
     root.mkdir()
-    tok = build_tiny_tokenizer()
+    tok = tiny_tokenizer()
     tok.add_tokens([f"[SEG{i}]" for i in range(6)])  # as the authors' script adds them
     tok.add_tokens(["<im_start>", "<im_end>"], special_tokens=True)
     tok.save_pretrained(root)

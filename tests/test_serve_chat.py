@@ -20,9 +20,9 @@ from pixellm.testing import save_random_predictor, scripted_pixellm
 
 @pytest.fixture(scope="module")
 def predictor():
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.build import tiny_processor
 
-    proc = PixelLMProcessor.for_tiny()
+    proc = tiny_processor()
     model = scripted_pixellm(proc, " the chair [SEG] and this [SEG]", loop_from=" and this [SEG]")
     return Predictor(model, proc, GenerationOptions(max_new_tokens=22))
 

@@ -13,10 +13,10 @@ import torch
 
 from pixellm.build import build_pixellm
 from pixellm.conventions import expand_seg
-from pixellm.data.collate import collate
 from pixellm.infer.generation import GenerationOptions
 from pixellm.infer.predictor import Predictor
 from pixellm.model.configuration_pixellm import TINY_VOCAB_SIZE
+from pixellm.processing.collate import collate
 from pixellm.testing import script_text
 
 # Covering subset of N in 1..4 x L in 1..3 x shared: every N and every L appear with both values

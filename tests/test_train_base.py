@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from pixellm.build import tiny_tokenizer
 from pixellm.cli import main
 from pixellm.errors import DataError
-from pixellm.processing.tokenizer import build_tiny_tokenizer
 from pixellm.train.config import load_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixellm-7b.yaml"
@@ -36,7 +36,7 @@ def write_llava(root: Path, projector: dict[str, torch.Tensor] | None = None, fm
                 seed: int = 0) -> dict[str, torch.Tensor]:
     """A LLaVA-layout folder; returns the LLaMA tensors written (fp16)."""
     root.mkdir(parents=True)
-    tok = build_tiny_tokenizer()
+    tok = tiny_tokenizer()
     tok.save_pretrained(root)
     torch.manual_seed(seed)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **LLAMA))

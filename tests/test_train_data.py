@@ -13,15 +13,15 @@ from pixellm.train.data import build_training_data, collate_train
 
 
 def test_bad_samples_are_replaced_and_reported_in_batches(tmp_path):
+    from pixellm.build import tiny_processor
     from pixellm.data.synth import write_synth
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
 
     write_synth(tmp_path, {"train": 6}, seed=0)
     records = json.loads((tmp_path / "train.json").read_text())
     records[0]["file_name"] = "images/train/missing.png"  # both questions of image 0 are bad
     records.append({"height": 4, "width": 4})  # malformed: counted while reading
     (tmp_path / "train.json").write_text(json.dumps(records))
-    processor = PixelLMProcessor.for_tiny()
+    processor = tiny_processor()
     sources = [DataSource(name="synth", kind="synth", path=str(tmp_path / "train.json"), rate=3.0)]
     ds, rates = build_training_data(sources, processor, seed=0)
     assert rates == [3.0] and ds.names == ["synth"] and ds.read_skips == {"malformed_record": 1}

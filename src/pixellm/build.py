@@ -15,7 +15,14 @@ always in this order:
 :func:`build_pixellm` runs all four; :func:`build_processor` runs steps 1-3 for callers that build
 the model themselves (on the meta device, from a state dict, around a base LLM);
 :func:`register_tokens` runs step 3 for a processor that exists already and
-:func:`register_appended_tokens` where there is no tokenizer. Training
+:func:`register_appended_tokens` where there is no tokenizer.
+
+The tiny tokenizer of the ``tiny`` presets is :func:`tiny_tokenizer` (trained on the template,
+built-in words and the synthetic set's sentences, which come from ``pixellm.data.synth``: this
+module sits above ``pixellm.data``) and :func:`tiny_processor` wraps it. :func:`load_processor`
+loads a saved processor folder after registering ``"pixellm"`` with ``AutoConfig`` (the
+tokenizer loader reads the folder's ``config.json``; ``pixellm.processing`` does not import the
+model). Training
 (``pixellm.train.setup``), the released-checkpoint importer, ``pixellm.testing`` and the tests all
 come through here. With LLaMA's tokenizer and the released sizes (N=3, L=2) the step gives the
 released layout: ids 32000..32005 for the codebook, 32006 / 32007 for ``<im_start>`` /
@@ -24,17 +31,63 @@ released layout: ids 32000..32005 for the codebook, 32006 / 32007 for ``<im_star
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from pixellm.conventions import SYSTEM_PROMPT, added_token_strings
 from pixellm.errors import ConfigError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
     from pixellm.model.configuration_pixellm import PixelLMConfig
     from pixellm.model.modeling_pixellm import PixelLMForCausalLM
     from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+
+def tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """The ``tiny`` preset's tokenizer: :func:`pixellm.processing.tokenizer.build_tiny_tokenizer`
+    with the synthetic set's sentences (``pixellm.data.synth.tokenizer_corpus``) as extra corpus."""
+    from pixellm.data.synth import tokenizer_corpus
+    from pixellm.processing.tokenizer import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(vocab_size=vocab_size, extra_corpus=tokenizer_corpus())
+
+
+def tiny_processor(
+    image_size: int = 64,
+    patch_size: int = 8,
+    llm_image_grid: int = 4,
+    num_codebook_tokens: int = 6,
+    max_length: int = 512,
+    vocab_size: int = 1024,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> PixelLMProcessor:
+    """:func:`tiny_tokenizer` + image processor for the ``tiny`` preset (pass the config's values).
+    The added tokens are in the tokenizer; no config is involved (see :func:`build_processor`)."""
+    from pixellm.processing.image_processing import PixelLMImageProcessor
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    return PixelLMProcessor(
+        tiny_tokenizer(vocab_size),
+        PixelLMImageProcessor(image_size=image_size, patch_size=patch_size),
+        num_codebook_tokens=num_codebook_tokens,
+        num_image_tokens=llm_image_grid**2,
+        llm_image_grid=llm_image_grid,
+        max_length=max_length,
+        system_prompt=system_prompt,
+    )
+
+
+def load_processor(directory: str | os.PathLike) -> PixelLMProcessor:
+    """``PixelLMProcessor.from_pretrained(directory)`` with ``"pixellm"`` registered with
+    ``AutoConfig`` first: the tokenizer loader reads the folder's ``config.json``, and an unknown
+    ``model_type`` there makes transformers warn that a pixellm config instantiates a model of
+    type ''."""
+    import pixellm.model.configuration_pixellm  # noqa: F401  (registers "pixellm" with AutoConfig)
+    from pixellm.processing.processing_pixellm import PixelLMProcessor
+
+    return PixelLMProcessor.from_pretrained(directory)
 
 
 def build_processor(
@@ -49,10 +102,9 @@ def build_processor(
     ``config`` (in place)."""
     from pixellm.processing.image_processing import PixelLMImageProcessor
     from pixellm.processing.processing_pixellm import PixelLMProcessor
-    from pixellm.processing.tokenizer import build_tiny_tokenizer
 
     processor = PixelLMProcessor(
-        build_tiny_tokenizer() if tokenizer is None else tokenizer,
+        tiny_tokenizer() if tokenizer is None else tokenizer,
         PixelLMImageProcessor(image_size=config.image_size, patch_size=config.vision_config.patch_size),
         num_codebook_tokens=config.num_codebook_tokens,
         num_image_tokens=config.num_image_tokens,

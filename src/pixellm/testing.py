@@ -147,9 +147,9 @@ def script_text(
 def save_random_predictor(directory: str | os.PathLike, answer: str | None = None, **kwargs: Any) -> None:
     """Save a tiny random (optionally scripted) model with the tiny processor to ``directory``
     (loadable with ``Predictor.from_pretrained``)."""
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.build import tiny_processor
 
-    processor = PixelLMProcessor.for_tiny()
+    processor = tiny_processor()
     model = scripted_pixellm(processor, answer, **kwargs) if answer else random_pixellm(processor, **kwargs)
     model.save_pretrained(str(directory))
     processor.save_pretrained(directory)

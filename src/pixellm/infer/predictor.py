@@ -117,9 +117,9 @@ class Predictor:
         **kwargs: Any,
     ) -> Predictor:
         """Load model + processor saved in one folder (``save_pretrained`` of both)."""
+        from pixellm.build import load_processor
         from pixellm.files import check_model_folder
         from pixellm.model.modeling_pixellm import PixelLMForCausalLM
-        from pixellm.processing.processing_pixellm import PixelLMProcessor
 
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory}: model folder not found")
@@ -130,7 +130,7 @@ class Predictor:
         model = PixelLMForCausalLM.from_pretrained(str(directory), **load_kwargs)
         if device is not None:
             model = model.to(device)
-        predictor = cls(model, PixelLMProcessor.from_pretrained(directory), **kwargs)
+        predictor = cls(model, load_processor(directory), **kwargs)
         predictor.model_dir = str(directory)
         return predictor
 
@@ -194,7 +194,7 @@ class Predictor:
         padding_side: str,
         preprocessed: Any = None,
     ) -> dict[str, Any]:
-        from pixellm.data.collate import collate
+        from pixellm.processing.collate import collate
 
         examples = [
             self.processor.encode_example(

@@ -233,7 +233,7 @@ def _llama(hidden: int, layers: int, heads: int, intermediate: int, vocab: int, 
 
 
 # Base vocabularies, before the added tokens (registering them grows the vocabulary to the
-# tokenizer's size): LLaMA's, and the tiny tokenizer's (``build_tiny_tokenizer``'s default).
+# tokenizer's size): LLaMA's, and the tiny tokenizer's (``pixellm.build.tiny_tokenizer``'s default).
 LLAMA_VOCAB_SIZE = 32000
 TINY_VOCAB_SIZE = 1024
 

@@ -25,8 +25,8 @@ from pixellm.conventions import (
     find_codebook_groups,
     grid_valid_mask,
 )
-from pixellm.data.collate import collate
 from pixellm.errors import ConfigError, InputError
+from pixellm.processing.collate import collate
 from pixellm.processing.conversation import SYSTEM_PROMPT, build_prompt, encode_conversation
 from pixellm.processing.image_processing import (
     IMAGE_PROCESSOR_FILE,
@@ -34,7 +34,7 @@ from pixellm.processing.image_processing import (
     PixelLMImageProcessor,
     read_config_json,
 )
-from pixellm.processing.tokenizer import add_codebook_tokens, build_tiny_tokenizer
+from pixellm.processing.tokenizer import add_codebook_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -106,28 +106,6 @@ class PixelLMProcessor:
         self.codebook_token_ids: list[int] = ids[: self.num_codebook_tokens]
         self.im_start_id, self.im_end_id = ids[self.num_codebook_tokens :]
 
-    @classmethod
-    def for_tiny(
-        cls,
-        image_size: int = 64,
-        patch_size: int = 8,
-        llm_image_grid: int = 4,
-        num_codebook_tokens: int = 6,
-        max_length: int = 512,
-        vocab_size: int = 1024,
-        system_prompt: str = SYSTEM_PROMPT,
-    ) -> PixelLMProcessor:
-        """Tiny tokenizer + image processor for the ``tiny`` preset (pass the config's values)."""
-        return cls(
-            build_tiny_tokenizer(vocab_size=vocab_size),
-            PixelLMImageProcessor(image_size=image_size, patch_size=patch_size),
-            num_codebook_tokens=num_codebook_tokens,
-            num_image_tokens=llm_image_grid**2,
-            llm_image_grid=llm_image_grid,
-            max_length=max_length,
-            system_prompt=system_prompt,
-        )
-
     # --- ids ---------------------------------------------------------------------------------
 
     @property
@@ -158,7 +136,7 @@ class PixelLMProcessor:
         history: Sequence[tuple[str, str]] = (),
         preprocessed: tuple[torch.Tensor, tuple[int, int], tuple[int, int]] | None = None,
     ) -> dict[str, Any]:
-        """One sample for :func:`pixellm.data.collate.collate`.
+        """One sample for :func:`pixellm.processing.collate.collate`.
 
         ``answer`` carries one ``{seg}`` (or ``[SEG]``) per target; ``masks`` ``[G, H, W]`` at the
         image's size, one per marker in order. Returns ``input_ids``, ``attention_mask``,
@@ -284,10 +262,13 @@ class PixelLMProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> PixelLMProcessor:
         """Load from a local folder. Missing processor / image-processor configs fall back to the
-        released defaults (e.g. a released ``hf_model`` folder, which has only tokenizer files)."""
-        from transformers import AutoTokenizer
+        released defaults (e.g. a released ``hf_model`` folder, which has only tokenizer files).
 
-        import pixellm.model.configuration_pixellm  # noqa: F401  (registers "pixellm" with AutoConfig)
+        The tokenizer loader reads the folder's ``config.json``: for a saved PixelLM model folder,
+        load through :func:`pixellm.build.load_processor` (or ``from pixellm import
+        PixelLMProcessor``), which registers ``"pixellm"`` with ``AutoConfig`` first (this layer
+        does not import the model; without the registration transformers only warns)."""
+        from transformers import AutoTokenizer
 
         root = Path(directory)
         if not root.is_dir():

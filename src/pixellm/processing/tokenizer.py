@@ -1,7 +1,10 @@
 """Tokenizers: an offline-trained tiny tokenizer for the ``tiny`` preset, and the codebook tokens.
 
 The tiny tokenizer is a byte-level BPE trained with the ``tokenizers`` library on a small corpus
-(the llava_v1 template plus the words the synthetic data set can produce). Byte-level means every
+(the llava_v1 template, built-in words and an ``extra_corpus`` from above: the ``tiny`` preset's
+tokenizer, :func:`pixellm.build.tiny_tokenizer`, passes the sentences the synthetic data set can
+produce, ``pixellm.data.synth.tokenizer_corpus()``; this module imports no data module, see
+``docs/architecture.md``, "Import graph"). Byte-level means every
 string round-trips exactly, with no ``<unk>``; the specials mimic LLaMA (``<unk>`` = 0, ``<s>`` = 1,
 ``</s>`` = 2, ``<s>`` prepended, pad = ``<unk>`` as in LLaVA) so the same code serves the released
 LLaMA tokenizer and the tiny one.
@@ -9,7 +12,6 @@ LLaMA tokenizer and the tiny one.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -59,16 +61,10 @@ def llava_template_text() -> str:
     return SYSTEM_PROMPT + " " + build_prompt("What is in the image?", "It is a {seg}.")
 
 
-def default_corpus() -> list[str]:
-    """Template text + ``pixellm.data.synth.tokenizer_corpus()`` if available, else built-in words."""
+def default_corpus(extra_corpus: Iterable[str] = ()) -> list[str]:
+    """Template text + ``extra_corpus`` + built-in words (the order fixes the trained vocabulary)."""
     corpus = [llava_template_text()] * 20  # repeated so every template word becomes one token
-    try:
-        synth = importlib.import_module("pixellm.data.synth")
-        extra = getattr(synth, "tokenizer_corpus", None)
-    except ImportError:
-        extra = None
-    if extra is not None:
-        corpus.extend(str(s) for s in extra())
+    corpus.extend(str(s) for s in extra_corpus)
     corpus.extend(" ".join(_BUILTIN_WORDS) for _ in range(3))
     # Sentence-initial forms (no leading space): the common question/answer openers weigh more.
     corpus.extend(w for w in _SENTENCE_STARTS for _ in range(3))
@@ -76,13 +72,20 @@ def default_corpus() -> list[str]:
     return corpus
 
 
-def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(
+    corpus: Iterable[str] | None = None, vocab_size: int = 1024, *, extra_corpus: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
     """Train a deterministic byte-level BPE tokenizer offline and wrap it for ``transformers``.
 
+    The ``tiny`` preset's tokenizer (the one every tiny checkpoint holds) is
+    :func:`pixellm.build.tiny_tokenizer`: this function with the synthetic set's sentences as
+    ``extra_corpus``.
+
     Args:
-        corpus: training strings; ``None`` = :func:`default_corpus`. Frequent words become single
-            tokens (with their leading space, GPT-2 style).
+        corpus: training strings; ``None`` = :func:`default_corpus` of ``extra_corpus``. Frequent
+            words become single tokens (with their leading space, GPT-2 style).
         vocab_size: total size including the 256 byte symbols and the 3 specials.
+        extra_corpus: strings added to the default corpus (not with ``corpus``).
     Returns:
         a fast tokenizer with ``bos_token_id`` 1 prepended to every encoding, ``pad = <unk>``.
     """
@@ -92,7 +95,10 @@ def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + 3:
         raise ConfigError(f"vocab_size={vocab_size} is below the byte alphabet + specials ({len(alphabet) + 3})")
-    texts = default_corpus() if corpus is None else [str(s) for s in corpus]
+    extra = [str(s) for s in extra_corpus]
+    if corpus is not None and extra:
+        raise ConfigError("pass corpus (the whole training text) or extra_corpus (added to the default), not both")
+    texts = default_corpus(extra) if corpus is None else [str(s) for s in corpus]
     tok = Tokenizer(models.BPE())
     # No prefix space: "ASSISTANT:" tokenises the same alone and inside "ASSISTANT: answer", so the
     # prompt's tokens are an exact prefix of the full conversation's (label masking relies on it).

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pixellm.data.collate import collate
 from pixellm.data.dataset import SegmentationDataset, skipped_report
 from pixellm.data.sample import Sample
 from pixellm.errors import ConfigError
+from pixellm.processing.collate import collate
 from pixellm.train.config import DataSource
 
 if TYPE_CHECKING:

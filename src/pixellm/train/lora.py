@@ -84,7 +84,7 @@ def merge_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     dst = Path(dst)
     model.save_pretrained(str(dst))
     if (Path(src) / "processor_config.json").is_file():
-        from pixellm.processing.processing_pixellm import PixelLMProcessor
+        from pixellm.build import load_processor
 
-        PixelLMProcessor.from_pretrained(src).save_pretrained(dst)
+        load_processor(src).save_pretrained(dst)
     return dst

@@ -68,14 +68,13 @@ def _from_base(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
 
 def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]:
     """Model (LoRA applied, trainable set chosen, train mode) and processor for ``cfg``."""
-    from pixellm.build import build_pixellm
-    from pixellm.processing.processing_pixellm import PixelLMProcessor
+    from pixellm.build import build_pixellm, load_processor
     from pixellm.train.lora import apply_lora, has_lora, load_pixellm, lora_settings
 
     torch.manual_seed(cfg.seed)  # the same random frozen weights on every process and resume
     if cfg.init_from:
         model = load_pixellm(cfg.init_from)
-        processor = PixelLMProcessor.from_pretrained(cfg.init_from)
+        processor = load_processor(cfg.init_from)
     elif cfg.base_llm:
         model, processor = _from_base(cfg)
     else:  # the tiny tokenizer; its ids and size go into the preset's config (pixellm.build)
