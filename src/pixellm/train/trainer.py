@@ -68,9 +68,9 @@ class TrainResult:
 def flush_denormals() -> None:
     """Flush denormal floats to zero on the CPU (FTZ/DAZ). Late in training, softmax gradients
     of tokens the model has ruled out and optimizer moments of rarely-updated rows decay into
-    denormals; fp32 matmuls on them run ~150x slower (measured: 0.94 s vs 0.006 s for a
-    3200x1032 @ 1032x256 product), which made CPU steps 10x slower after ~500 steps. The flag is
-    per thread and inherited by threads created later: call it before the first parallel op."""
+    denormals, and fp32 matmuls on them are far slower (docs/architecture.md, "Measured
+    choices"). The flag is per thread and inherited by threads created later: call it before
+    the first parallel op."""
     torch.set_flush_denormal(True)
 
 
