@@ -26,6 +26,7 @@ from pixellm.data.synth import (
     tokenizer_corpus,
     write_synth,
 )
+from pixellm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,32 @@ def test_answers_name_their_targets(many):
     assert counts[0] > 0.05 * sum(counts.values())  # no-target questions are common enough
     assert set(kinds) == {"refer", "absent", "same_colour", "same_shape", "position", "size", "relation",
                           "every", "all", "except"}
+
+
+@pytest.mark.parametrize("order", ["category", "left_to_right"])
+def test_multi_target_answers_follow_the_answer_order(order):
+    rank = {f"{c} {k}": i for i, (c, k) in enumerate((c, k) for c in COLOURS for k in SHAPES)}
+    checked = Counter()
+    for rec, _ in iter_split("train", 600, seed=5, cfg=SynthConfig(answer_order=order)):
+        for q, targets, kind in zip(rec["questions"], rec["answers"], rec["question_kinds"]):
+            names = [t["category_name"] for t in targets]
+            if kind == "refer":  # the question's own order
+                assert [q.index(n) for n in names] == sorted(q.index(n) for n in names), (q, names)
+                continue
+            if len(targets) < 2:
+                continue
+            checked[kind] += 1
+            if order == "category":
+                assert [rank[n] for n in names] == sorted(rank[n] for n in names), (q, names)
+            else:
+                xs = [centroid(decode_rle(t["segmentation"]))[0] for t in targets]
+                assert xs == sorted(xs), (q, names)
+    assert {"all", "every", "except"} <= set(checked)
+
+
+def test_answer_order_is_checked():
+    with pytest.raises(ConfigError, match="answer_order"):
+        SynthConfig(answer_order="random")
 
 
 def test_reasoning_answers_are_correct(many):

@@ -9,8 +9,10 @@ Question kinds (``KIND_WEIGHTS``): plain multi-referring (1-3 targets), absent o
 target), same colour / same shape as a reference, extreme position / size, spatial relations,
 "all the circles" / "every red shape" (0-5), all shapes (2-6), "every shape that is not red".
 Answers name each target followed by ``{seg}`` ("The red circle {seg} and the blue square
-{seg}."); no-target answers have no ``{seg}``. Multi-target reasoning answers list targets left
-to right.
+{seg}."); no-target answers have no ``{seg}``. Multi-target reasoning answers list their targets
+in a fixed order (``SynthConfig.answer_order``): by category (colour, then shape, in the order of
+``COLOURS`` and ``SHAPES``; the default) or left to right. Plain referring answers follow the
+question's order.
 
 Written in the MUSE format (``<split>.json`` + ``images/<split>/*.png``); each split draws from
 its own seed and no image appears twice across splits.
@@ -82,6 +84,7 @@ KIND_WEIGHTS: dict[str, float] = {
     "all": 0.05,
     "except": 0.06,
 }
+ANSWER_ORDERS = ("category", "left_to_right")
 POSITION_MARGIN = 3.0  # px between centroids so that "leftmost" / "left of" are unambiguous
 SIZE_RATIO = 1.3  # largest visible area / second largest (and likewise for smallest)
 
@@ -97,6 +100,9 @@ class SynthConfig:
     max_extent: int = 23
     questions_per_image: int = 2
     kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
+    # "category": a small model lists a fixed sequence of the names present (docs/data.md);
+    # "left_to_right" needs the targets' positions compared while writing the list.
+    answer_order: str = "category"
 
     @classmethod
     def for_size(cls, size: int, **kwargs: Any) -> SynthConfig:
@@ -114,6 +120,8 @@ class SynthConfig:
         unknown = set(self.kind_weights) - set(KIND_WEIGHTS)
         if unknown or not any(w > 0 for w in self.kind_weights.values()):
             raise ConfigError(f"kind_weights: unknown kinds {sorted(unknown)} or no positive weight")
+        if self.answer_order not in ANSWER_ORDERS:
+            raise ConfigError(f"answer_order: {self.answer_order!r}; choose one of {list(ANSWER_ORDERS)}")
 
 
 @dataclass
@@ -153,6 +161,7 @@ class SynthQuestion:
     question: str
     targets: list[int]  # indices into Scene.shapes, answer order
     answer: str
+    ordered: bool = False  # a multi-target list that ``answer_order`` sorts (not a referring answer)
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -225,14 +234,20 @@ def _ref(scene: Scene, i: int) -> str:
     return p.kind if sum(q.kind == p.kind for q in scene.shapes) == 1 else p.name
 
 
-def _left_to_right(scene: Scene, idx: list[int]) -> list[int]:
+def _category_rank(shape: Shape) -> int:
+    return list(COLOURS).index(shape.colour) * len(SHAPES) + SHAPES.index(shape.kind)
+
+
+def order_targets(scene: Scene, idx: list[int], order: str) -> list[int]:
+    """``idx`` in the answer order ``order`` (``ANSWER_ORDERS``)."""
+    if order == "category":
+        return sorted(idx, key=lambda i: _category_rank(scene.shapes[i]))
     return sorted(idx, key=lambda i: scene.shapes[i].centroid)
 
 
 def _targets(scene: Scene, kind: str, question: str, idx: list[int], none: str) -> SynthQuestion:
-    idx = _left_to_right(scene, idx)
-    answer = _answer([scene.shapes[i].name for i in idx]) if idx else none
-    return SynthQuestion(kind, question, idx, answer)
+    """A multi-target question; ``scene_questions`` orders its targets and writes the answer."""
+    return SynthQuestion(kind, question, list(idx), none, ordered=True)
 
 
 def _q_refer(scene: Scene, rng: np.random.Generator) -> SynthQuestion | None:
@@ -367,9 +382,11 @@ QUESTION_MAKERS: dict[str, Callable[[Scene, np.random.Generator], SynthQuestion 
 
 
 def scene_questions(
-    scene: Scene, rng: np.random.Generator, n: int, weights: dict[str, float] | None = None
+    scene: Scene, rng: np.random.Generator, n: int, weights: dict[str, float] | None = None,
+    order: str = "category",
 ) -> list[SynthQuestion]:
-    """Up to ``n`` distinct questions about ``scene``, kinds drawn by ``weights``."""
+    """Up to ``n`` distinct questions about ``scene``, kinds drawn by ``weights``; multi-target
+    answers list their targets in ``order``."""
     weights = weights or KIND_WEIGHTS
     kinds = [k for k, w in weights.items() if w > 0]
     p = np.array([weights[k] for k in kinds], dtype=float)
@@ -382,6 +399,9 @@ def scene_questions(
         q = QUESTION_MAKERS[kinds[int(rng.choice(len(kinds), p=p))]](scene, rng)
         if q is not None and q.question not in seen:
             seen.add(q.question)
+            if q.ordered and q.targets:
+                q.targets = order_targets(scene, q.targets, order)
+                q.answer = _answer([scene.shapes[i].name for i in q.targets])
             out.append(q)
     return out
 
@@ -432,7 +452,9 @@ def iter_split(
         digest = hashlib.sha1(scene.image.tobytes()).hexdigest()
         if digest in exclude:
             continue  # never repeat an image, within or across splits
-        qs = scene_questions(scene, rng, min(cfg.questions_per_image, n_questions - done), cfg.kind_weights)
+        qs = scene_questions(
+            scene, rng, min(cfg.questions_per_image, n_questions - done), cfg.kind_weights, cfg.answer_order
+        )
         if not qs:
             continue
         exclude.add(digest)
