@@ -22,31 +22,26 @@ from PIL import Image
 
 from pixellm.data.synth import COLOURS, SHAPES
 from pixellm.infer.predictor import Predictor
-from pixellm.model.vision import clip_multiscale_features
 from pixellm.train.setup import load_vision_weights
+from pixellm.train.vision_pretrain import llm_grid_features
 
-NAMES = [f"{c} {k}" for c in COLOURS for k in SHAPES]
+NUM_CATEGORIES = len(COLOURS) * len(SHAPES)  # synthetic category_id = 1 .. NUM_CATEGORIES
 
 
 def tokens(pred: Predictor, data: Path, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tower grid features, projected LLM tokens, presence labels) of ``records``."""
-    model, cfg = pred.model, pred.model.config
-    raw, projected, labels = [], [], []
-    for i in range(0, len(records), 64):
-        chunk = records[i:i + 64]
-        pixels = pred.processor.image_processor([Image.open(data / r["file_name"]).convert("RGB") for r in chunk])
-        pv = pixels["pixel_values"]
-        with torch.no_grad():
-            states = clip_multiscale_features(model.vision_tower, pv, None, cfg.vision_select_layers,
-                                              cfg.pos_interpolation)
-            raw.append(model.llm_grid(states[0]).float())
-            projected.append(model.encode_images(pv).llm_tokens.float())
-        for r in chunk:
-            y = torch.zeros(len(NAMES))
-            for a in r["ann_list"]:
-                y[NAMES.index(a["category_name"])] = 1
-            labels.append(y)
-    return torch.cat(raw), torch.cat(projected), torch.stack(labels)
+    """(tower grid features, projected LLM tokens, presence labels) of ``records``: one vision
+    pass; the projected tokens are ``mm_projector`` of the grid features, as in ``encode_images``."""
+    model = pred.model
+    pixels = pred.processor.image_processor([Image.open(data / r["file_name"]).convert("RGB") for r in records])
+    g = model.config.llm_image_grid
+    raw = llm_grid_features(model, pixels["pixel_values"], pixels["resized_sizes"]).unflatten(1, (g * g, -1))
+    with torch.no_grad():
+        projected = model.mm_projector(raw.to(model.mm_projector[0].weight.dtype)).float()
+    labels = torch.zeros(len(records), NUM_CATEGORIES)
+    for i, r in enumerate(records):
+        for a in r["ann_list"]:
+            labels[i, a["category_id"] - 1] = 1
+    return raw.float(), projected, labels
 
 
 def probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_score: torch.Tensor, y_score: torch.Tensor,

@@ -421,7 +421,7 @@ def _annotation(i: int, p: Shape) -> dict[str, Any]:
     box = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()}).tolist()
     return {
         "id": i,
-        "category_id": list(COLOURS).index(p.colour) * len(SHAPES) + SHAPES.index(p.kind) + 1,
+        "category_id": _category_rank(p) + 1,
         "category_name": p.name,
         "rephrased_name": f"the {p.name}",
         "bbox": [float(v) for v in box],

@@ -65,6 +65,14 @@ class TrainResult:
     processor: Any = None
 
 
+def forget_accelerate_state() -> None:
+    """accelerate keeps its state (precision included) in a per-process singleton: forget it, so
+    that a later run in this process may choose another precision."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def flush_denormals() -> None:
     """Flush denormal floats to zero on the CPU (FTZ/DAZ). Late in training, softmax gradients
     of tokens the model has ruled out and optimizer moments of rarely-updated rows decay into
@@ -399,9 +407,7 @@ class Trainer:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
+        forget_accelerate_state()
 
     def _due(self, every: int) -> bool:
         """Whether a periodic action is due after the current step (always after the last one)."""
@@ -533,11 +539,7 @@ class Trainer:
         gc.collect()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-        # accelerate keeps its state (precision included) in a per-process singleton: forget it,
-        # so that a later run in this process may choose another precision.
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
+        forget_accelerate_state()
 
 
 def train(cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> TrainResult:
