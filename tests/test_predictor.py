@@ -261,6 +261,22 @@ def test_model_generate_gives_the_previous_text_and_masks(name, request):
         assert all(r.num_masks == 3 for r in new)
 
 
+def test_processor_and_generate_the_hf_way(scripted, processor):
+    """``model.generate(**processor(images=image, text=question, return_tensors="pt"))`` (the
+    documented API) answers as the Predictor does, masks included."""
+    img, q = _images()[0], "Where can I sit?"
+    inputs = processor(images=img, text=scripted.prepare_question(q), return_tensors="pt")  # + instruction
+    eos = processor.tokenizer.eos_token_id
+    with torch.no_grad():
+        out = scripted.model.generate(**inputs, max_new_tokens=scripted.options.max_new_tokens,
+                                      do_sample=False, pad_token_id=processor.pad_token_id, eos_token_id=eos)
+    r = scripted(img, q)
+    assert out.sequences[0, : out.lengths[0]].tolist() == r.token_ids
+    assert np.array_equal(out.pred_masks[0].numpy(), r.mask_logits)
+    with pytest.raises(InputError, match="return_tensors"):
+        processor(images=img, text=q, return_tensors="np")
+
+
 def test_model_generate_outputs_and_generation_kwargs(scripted, processor):
     model = scripted.model
     batch = processor(_images()[:2], ["Where can I sit?", "Find the chairs please."])
@@ -297,17 +313,17 @@ def test_set_image_runs_the_vision_tower_once_with_the_same_answers(scripted):
         lambda m, i, o: calls.append(1))
     try:
         scripted.set_image(img)
-        cached = [scripted.predict(q) for q in questions]
+        cached = [scripted.ask(q) for q in questions]
         assert len(calls) == 1 and scripted.has_image
         first = cached[0]
-        turn = scripted.predict("And now?", history=[(first.question, first.answer)])
+        turn = scripted.ask("And now?", history=[(first.question, first.answer)])
         assert turn.num_masks == 3 and len(calls) == 1
         scripted.set_image(other)  # a new image: one more pass, answers about it
-        r = scripted.predict(questions[0])
+        r = scripted.ask(questions[0])
         assert len(calls) == 2 and r.masks.shape[1:] == (90, 30)
         scripted.reset_image()
         with pytest.raises(InputError, match="no image set"):
-            scripted.predict(questions[0])
+            scripted.ask(questions[0])
     finally:
         hook.remove()
         scripted.reset_image()

@@ -252,7 +252,7 @@ class Predictor:
     # -- one image, several questions ------------------------------------------------------
     @torch.inference_mode()
     def set_image(self, image: ImageInput) -> None:
-        """Preprocess and encode ``image`` once (SAM-style): later :meth:`predict` calls reuse
+        """Preprocess and encode ``image`` once (SAM-style): later :meth:`ask` calls reuse
         its vision features and give the answers and masks of ``predictor(image, question)``
         without running the vision tower again. A new ``set_image`` replaces the image,
         :meth:`reset_image` forgets it; ``__call__``/``batch`` neither use nor change it."""
@@ -276,7 +276,7 @@ class Predictor:
         return self._image is not None
 
     @torch.inference_mode()
-    def predict(self, question: str, history: History = (), options: GenerationOptions | None = None) -> PredictionResult:
+    def ask(self, question: str, history: History = (), options: GenerationOptions | None = None) -> PredictionResult:
         """Answer one question about the image of :meth:`set_image` (``history`` as for
         ``__call__``)."""
         if self._image is None:

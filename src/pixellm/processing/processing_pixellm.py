@@ -196,13 +196,19 @@ class PixelLMProcessor:
     def __call__(
         self,
         images: ImageInput | Sequence[ImageInput],
-        questions: str | Sequence[str],
+        text: str | Sequence[str],
         answers: str | Sequence[str] | None = None,
         padding_side: str | None = None,
+        return_tensors: str | None = "pt",
     ) -> dict[str, Any]:
-        """Batch per the contract. Without answers: inference prompts (ending ``"ASSISTANT:"``),
-        left padding, no labels. With answers: labels, right padding. Masks: use
-        :meth:`encode_example` + ``collate``."""
+        """Batch per the contract, for questions ``text`` (one per image; transformers' name).
+        Without answers: inference prompts (ending ``"ASSISTANT:"``), left padding, no labels:
+        ``model.generate(**processor(images=image, text=question))``. With answers: labels, right
+        padding. Masks: use :meth:`encode_example` + ``collate``. ``return_tensors``: ``"pt"``
+        (torch tensors, the only kind)."""
+        if return_tensors not in (None, "pt"):
+            raise InputError(f"return_tensors={return_tensors!r}: only 'pt' (torch) batches are made")
+        questions = text
         if isinstance(questions, str):
             questions = [questions]
             images = [images]  # type: ignore[list-item]

@@ -46,7 +46,7 @@ class ChatSession:
     def ask(self, question: str) -> str:
         if self.image is None:
             return "no image yet: load one with /image PATH"
-        result = self.predictor.predict(question, history=self.history)
+        result = self.predictor.ask(question, history=self.history)
         self.history.append((result.question, result.answer))
         self.last = result
         return format_answer(result)
