@@ -114,3 +114,40 @@ def test_bad_configuration():
         MixedSampler([2], [1], 10, batch_size=0)
     with pytest.raises(ConfigError, match="start"):
         MixedSampler([2], [1], 10).set_epoch(0, start=11)
+
+
+def _padding(plan: np.ndarray, lengths: np.ndarray, step: int) -> float:
+    """Share of a plan's padded tokens that are padding (each micro-step padded to its longest)."""
+    per_step = lengths[plan[: len(plan) // step * step]].reshape(-1, step)
+    return float(1 - per_step.sum() / (per_step.max(axis=1).sum() * step))
+
+
+def test_length_grouping_regroups_the_same_draws_with_less_padding():
+    lengths = np.random.default_rng(0).integers(20, 200, size=sum(SIZES.values()))
+    n, b, w = 3000, 4, 2
+    plain = MixedSampler(SIZES, RELEASED_RATES, n, seed=5, batch_size=b, world_size=w)
+    grouped = MixedSampler(SIZES, RELEASED_RATES, n, seed=5, batch_size=b, world_size=w, lengths=lengths)
+    p, g = plain.global_plan(0), grouped.global_plan(0)
+    run = 50 * b * w  # GROUP_STEPS micro-steps: each run holds the same draws, regrouped
+    for start in range(0, n, run):
+        assert Counter(p[start:start + run].tolist()) == Counter(g[start:start + run].tolist())
+    assert _padding(g, lengths, b * w) < 0.25 * _padding(p, lengths, b * w)
+    # micro-step order is shuffled within a run, not sorted longest first
+    step_max = lengths[g[:run]].reshape(-1, b * w).max(axis=1)
+    assert not np.all(np.diff(step_max) <= 0)
+    # ranks still take blocks of B from each global micro-step
+    rank1 = MixedSampler(SIZES, RELEASED_RATES, n, seed=5, batch_size=b, world_size=w, rank=1, lengths=lengths)
+    assert list(rank1)[:b] == g[b:2 * b].tolist()
+
+
+def test_length_grouped_plan_resumes_and_refuses_a_mismatched_state():
+    lengths = np.arange(sum(SIZES.values())) % 37
+    s = MixedSampler(SIZES, RELEASED_RATES, 500, seed=3, batch_size=4, lengths=lengths)
+    full = list(s)
+    resumed = MixedSampler(SIZES, RELEASED_RATES, 500, seed=3, batch_size=4, lengths=lengths)
+    resumed.load_state_dict(s.state_dict(consumed=120))
+    assert list(resumed) == full[120:]
+    with pytest.raises(ConfigError, match="grouped_by_length"):
+        MixedSampler(SIZES, RELEASED_RATES, 500, seed=3, batch_size=4).load_state_dict(s.state_dict())
+    with pytest.raises(ConfigError, match="lengths"):
+        MixedSampler(SIZES, RELEASED_RATES, 500, lengths=[1, 2, 3])

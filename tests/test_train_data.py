@@ -35,3 +35,20 @@ def test_bad_samples_are_replaced_and_reported_in_batches(tmp_path):
     assert "num_targets" not in batch and "skipped" not in batch
     with pytest.raises(ConfigError, match="no training data set"):
         build_training_data([], processor, seed=0)
+
+
+def test_sample_lengths_are_the_encoded_text_lengths(tmp_path):
+    """Length grouping sorts by ``sample_lengths``: the encoded length less the fixed part
+    (template and image tokens), so it orders samples as their real lengths do."""
+    from pixellm.build import tiny_processor
+    from pixellm.data.synth import write_synth
+    from pixellm.train.data import sample_lengths
+
+    write_synth(tmp_path, {"train": 40}, seed=0)
+    processor = tiny_processor()
+    sources = [DataSource(name="synth", kind="synth", path=str(tmp_path / "train.json"), rate=1.0)]
+    ds, _ = build_training_data(sources, processor, seed=0)
+    lengths = sample_lengths(ds, processor)
+    encoded = [int(ds[i]["attention_mask"].shape[0]) for i in range(len(ds))]
+    fixed = {e - n for e, n in zip(encoded, lengths)}
+    assert len(lengths) == len(ds) == 40 and max(fixed) - min(fixed) <= 1, fixed

@@ -81,6 +81,8 @@ class TrainConfig:
     # the template's system text of a new processor: llava_v1's (released) or "" (none)
     system_prompt: str = SYSTEM_PROMPT
     num_workers: int = 0
+    # Batch samples of similar length together (less padding; HF's group_by_length).
+    group_by_length: bool = False
     # optimisation
     optim: OptimSettings = field(default_factory=OptimSettings)
     steps: int = 5000

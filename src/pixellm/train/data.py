@@ -14,8 +14,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from pixellm.conventions import expand_seg
 from pixellm.data.dataset import SegmentationDataset, skipped_report
 from pixellm.data.sample import Sample
 from pixellm.errors import ConfigError
@@ -68,6 +70,17 @@ def build_training_data(
         read_skips.update(bad)
     dataset = SegmentationDataset(loaded, processor.encode_example, [s.name for s in sources], read_skips)
     return dataset, [s.rate for s in sources]
+
+
+def sample_lengths(dataset: SegmentationDataset, processor: PixelLMProcessor) -> np.ndarray:
+    """Token count of each sample's question and answer (a target's codebook group counted in
+    full), in the dataset's global index order: what length grouping sorts by. The image tokens
+    and the template are the same for every sample, so they are left out."""
+    samples = [s for source in dataset.sources for s in source]
+    tok = processor.tokenizer
+    # a leading space: both follow other text in the prompt, which changes their first token
+    texts = [f" {s.question} {expand_seg(s.answer, processor.num_codebook_tokens)}" for s in samples]
+    return np.array([len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]], dtype=np.int64)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from pixellm.errors import ConfigError
 from pixellm.train import checkpoint as ckpt
 from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
-from pixellm.train.data import build_training_data, collate_train, to_device
+from pixellm.train.data import build_training_data, collate_train, sample_lengths, to_device
 from pixellm.train.precision import PrecisionChoice, resolve_precision
 from pixellm.train.schedule import warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
@@ -229,8 +229,10 @@ class Trainer:
         # Records skipped while reading the files are counted once, by the main process.
         self._prior_skips = SkipTally(self.dataset.read_skips if acc.is_main_process else None)
         self._own_skips = SkipTally()
+        lengths = sample_lengths(self.dataset, self.processor) if cfg.group_by_length else None
         self.sampler = MixedSampler(self.dataset.sizes, rates, cfg.steps * self.accum * per_step, seed=cfg.seed,
-                                    rank=acc.process_index, world_size=world, batch_size=cfg.batch_size)
+                                    rank=acc.process_index, world_size=world, batch_size=cfg.batch_size,
+                                    lengths=lengths)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
