@@ -89,3 +89,27 @@ def test_demo_cli_rejects_bad_steps(capsys):
     assert main(["demo", "--steps", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pixellm demo: error: --steps must be >= 1, got 0"]
+
+
+def test_demo_cli_rejects_bad_train_questions(capsys):
+    from pixellm.cli import main
+
+    assert main(["demo", "--train-questions", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pixellm demo: error: --train-questions must be >= 2, got 1"]
+
+
+def test_demo_cli_passes_train_questions(monkeypatch, capsys):
+    import pixellm.demo
+    from pixellm.cli import main
+
+    seen = {}
+
+    def fake_run_demo(out, **kw):
+        seen.update(kw)
+        return {"gIoU": 0.5, "cIoU": 0.25, "teacher_forced": {}}
+
+    monkeypatch.setattr(pixellm.demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--steps", "3", "--train-questions", "40", "--no-progress"]) == 0
+    assert seen["train_questions"] == 40 and seen["steps"] == 3
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "gIoU=0.5000 cIoU=0.2500"

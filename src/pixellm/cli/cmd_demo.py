@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the training run")
+    p.add_argument("--train-questions", type=int, default=None,
+                   help="training questions to generate, 2 per image (default: the demo's 8000); "
+                        "scale it with --steps on a faster machine")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -25,9 +28,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-    from pixellm.demo import run_demo
+    if args.train_questions is not None and args.train_questions < 2:
+        raise ConfigError(f"--train-questions must be >= 2, got {args.train_questions}")
+    from pixellm.demo import TRAIN_QUESTIONS, run_demo
 
-    metrics = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+    metrics = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress,
+                       train_questions=args.train_questions or TRAIN_QUESTIONS)
     tf = metrics.get("teacher_forced", {})
     print(f"report: {args.out}/report.md (teacher-forced gIoU={tf.get('gIoU', 0):.4f} cIoU={tf.get('cIoU', 0):.4f})")
     print(f"gIoU={metrics['gIoU']:.4f} cIoU={metrics['cIoU']:.4f}")

@@ -250,7 +250,7 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
     """Ridge-regression probe (one-hot targets, standardised features): held-out accuracy.
 
     Solved in the dual (an n x n system for n training rows) because the LLM grid has more
-    features than there are probe images (8 x 8 x 128 = 8192 for ``tiny-demo``)."""
+    features than there are probe images (8 x 8 x 128 = 8192 with an 8 x 8 grid)."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     a, b = (train_x - mu) / sd, (test_x - mu) / sd
     classes = int(max(train_y.max(), test_y.max())) + 1
