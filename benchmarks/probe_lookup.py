@@ -9,9 +9,9 @@
    training images. Reported: held-out accuracy after 100, 300 and 1500 updates of 64, for the
    vision tower's grid features and for the checkpoint's projected tokens.
 2. The trained LLM itself: at the position where it decides between "The ..." and "There is no
-   ..." (the end of the prompt), the attention mass on the image tokens and the largest weight
-   on a single image token, per layer (mean over heads and over the held-out ``refer`` and
-   ``absent`` questions).
+   ..." (the end of the prompt), the attention mass on the image tokens and the share of it on
+   the most attended image token (1 for a sharp lookup, 1/tokens if spread evenly), per layer
+   (mean over heads and over the held-out ``refer`` and ``absent`` questions).
 
     python benchmarks/probe_lookup.py demo_out
 """
@@ -110,11 +110,13 @@ def llm_attention(pred: Predictor, data: Path, records: list[dict]) -> dict:
                     position_ids=model.position_ids_from_mask(mask), output_attentions=True, use_cache=False)
             is_image = ids[0] == proc.image_token_index
             last = torch.stack([a[0, :, -1][:, is_image] for a in out.attentions])  # layers x heads x image
-            rows[kind].append(torch.stack([last.sum(-1).mean(-1), last.max(-1).values.mean(-1)]))
+            mass = last.sum(-1)
+            rows[kind].append(torch.stack([mass.mean(-1), (last.max(-1).values / mass.clamp_min(1e-9)).mean(-1)]))
     return {kind: {"questions": len(r),
                    "image_attention_mass_per_layer": [round(v, 3) for v in torch.stack(r).mean(0)[0].tolist()],
-                   "largest_image_token_weight_per_layer": [round(v, 3) for v in torch.stack(r).mean(0)[1].tolist()],
-                   "uniform_weight": round(1 / int(is_image.sum()), 4)}
+                   "largest_token_share_of_image_attention_per_layer":
+                       [round(v, 3) for v in torch.stack(r).mean(0)[1].tolist()],
+                   "share_if_uniform": round(1 / int(is_image.sum()), 4)}
             for kind, r in rows.items() if r}
 
 
