@@ -55,7 +55,8 @@ def one_run(precision: str, steps: int, warmup: int, batch: int) -> dict:
         step_s = seconds / len(timed)
         # the FLOPs of the very batches that were timed (their padding differs from step to step)
         plan = trainer.sampler.rank_plan(0)[warmup * batch:(warmup + len(timed)) * batch]
-        flops = sum(step_flops(cfg, plan[i:i + batch].tolist()) for i in range(0, len(plan), batch)) / len(timed)
+        flops = sum(step_flops(result.model, trainer.processor, trainer.dataset, plan[i:i + batch].tolist())
+                    for i in range(0, len(plan), batch)) / len(timed)
         peak = gemm_peak_flops()
         return {
             "precision": precision,
@@ -83,34 +84,19 @@ def _auto_choice() -> dict:
     return {"chosen": choice.name, "reason": choice.reason}
 
 
-def step_flops(cfg, indices: list[int]) -> float:
-    """FLOPs of one training step (forward + backward) on the training samples ``indices``."""
+def step_flops(model, processor, dataset, indices: list[int]) -> float:
+    """FLOPs of one training step (forward + backward) of ``model`` on the training samples
+    ``indices`` (the trainer's own model, processor and dataset: nothing is built again)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pixellm.train.data import collate_train
 
-    model, processor, dataset = _flop_setup(cfg)
     items = collate_train([dataset[i] for i in indices], processor.pad_token_id)
     items.pop("skips")
     with FlopCounterMode(display=False) as counter:
         model(**items, return_logits=False).loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
-
-
-_SETUP: dict = {}
-
-
-def _flop_setup(cfg):
-    """A model, processor and dataset for counting FLOPs, built once per process."""
-    if not _SETUP:
-        from pixellm.train.data import build_training_data
-        from pixellm.train.setup import build_model
-
-        model, processor = build_model(cfg)
-        dataset, _ = build_training_data(cfg.data, processor, cfg.seed)
-        _SETUP.update(model=model, processor=processor, dataset=dataset)
-    return _SETUP["model"], _SETUP["processor"], _SETUP["dataset"]
 
 
 def gemm_peak_flops(n: int = 2048, repeats: int = 5) -> float:

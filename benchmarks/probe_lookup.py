@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_presence import NUM_CATEGORIES, tokens  # noqa: E402
+from probe_presence import tokens  # noqa: E402
 
 from pixellm.data.synth import COLOURS, SHAPES  # noqa: E402
 from pixellm.infer.predictor import Predictor  # noqa: E402
@@ -126,14 +126,12 @@ def main() -> None:
     ap.add_argument("--fit", type=int, default=3000)
     ap.add_argument("--score", type=int, default=500)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = args.demo_dir / "data"
     pred = Predictor.from_pretrained(args.demo_dir / "checkpoint")
     train = json.loads((data / "train.json").read_text(encoding="utf-8"))
     val = json.loads((data / "val.json").read_text(encoding="utf-8"))
     raw_fit, proj_fit, y_fit = tokens(pred, data, train[:args.fit])
     raw_sc, proj_sc, y_sc = tokens(pred, data, val + train[args.fit:args.fit + args.score])
-    assert y_fit.shape[1] == NUM_CATEGORIES
     result = {
         "attention_probe": {"tower": attention_probe(raw_fit, y_fit, raw_sc, y_sc),
                             "projected": attention_probe(proj_fit, y_fit, proj_sc, y_sc)},
