@@ -9,7 +9,7 @@ import torch
 
 from pixellm.errors import ConfigError
 from pixellm.train.config import TrainConfig, apply_overrides, load_config
-from pixellm.train.schedule import warmup_decay_factor, warmup_decay_lr
+from pixellm.train.schedule import adamw, warmup_decay_factor, warmup_decay_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,26 @@ def test_warmup_then_linear_decay():
     sched2 = warmup_decay_lr(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0), 4, 10)
     sched2.load_state_dict(state)
     assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_adamw_fused_on_cpu_matches_the_default_kernel():
+    torch.manual_seed(0)
+    init = [torch.randn(7, 5), torch.randn(5)]
+    runs = {}
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = adamw(params, 1e-2, (0.9, 0.95), 0.1, fused=fused)
+        assert bool(opt.param_groups[0]["fused"]) is fused
+        for step in range(5):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (step + 1))
+            opt.step()
+        runs[fused] = params
+    for a, b in zip(runs[True], runs[False]):
+        torch.testing.assert_close(a, b)
+    # A parameter on a device without our fused kernel keeps the default implementation.
+    meta = adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], 1e-3, (0.9, 0.95), 0.0)
+    assert not meta.param_groups[0]["fused"]
 
 
 @pytest.mark.parametrize("name", ["tiny", "pixellm-7b", "pixellm-13b"])

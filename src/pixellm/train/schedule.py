@@ -1,6 +1,9 @@
-"""WarmupDecayLR (the authors' DeepSpeed scheduler): linear warm-up, then linear decay to 0."""
+"""The optimizer and its schedule: AdamW, and WarmupDecayLR (the authors' DeepSpeed scheduler):
+linear warm-up, then linear decay to 0."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -19,3 +22,20 @@ def warmup_decay_factor(step: int, warmup_steps: int, total_steps: int) -> float
 def warmup_decay_lr(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
     """A ``LambdaLR`` following :func:`warmup_decay_factor` (its state is saved in checkpoints)."""
     return LambdaLR(optimizer, lambda s: warmup_decay_factor(s, warmup_steps, total_steps))
+
+
+# Devices with a fused AdamW kernel that we rely on. On a CPU the fused kernel is several times
+# faster than the default per-parameter loop (the demo's 277 tensors: 2.1 ms against 11.7 ms per
+# step, docs/scaling.md), which is 5% of a tiny-model step.
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float,
+          fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, with the fused kernel when ``fused`` and every parameter is a plain floating-point
+    tensor on a CPU or CUDA device (sharded DTensor parameters keep the default implementation)."""
+    params = list(params)
+    fused = fused and bool(params) and all(
+        type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params
+    )
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)

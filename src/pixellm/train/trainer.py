@@ -36,7 +36,7 @@ from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
 from pixellm.train.data import build_training_data, collate_train, sample_lengths, to_device
 from pixellm.train.precision import PrecisionChoice, resolve_precision
-from pixellm.train.schedule import warmup_decay_lr
+from pixellm.train.schedule import adamw, warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
 
@@ -235,7 +235,8 @@ class Trainer:
                                     lengths=lengths)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        # the engines that shard the optimizer state wrap it themselves: keep the default kernel there
+        self.optimizer = adamw(params, o.lr, tuple(o.betas), o.weight_decay, fused=not (self.fsdp or self.deepspeed))
         self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps)
         state = self._load_resume_state() if self.resume else None
         if not self.fsdp:

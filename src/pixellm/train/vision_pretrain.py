@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixellm.errors import DataError
+from pixellm.train.schedule import adamw
 
 logger = logging.getLogger(__name__)
 IGNORE = -100  # padded pixels: no label
@@ -187,7 +188,7 @@ def pretrain_vision_tower(
     for p in params:
         p.requires_grad_(True)
     tower.train()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    opt = adamw(params, cfg.lr, (0.9, 0.95), cfg.weight_decay)
     warm = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / cfg.steps)
