@@ -25,8 +25,8 @@ def warmup_decay_lr(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
 
 
 # Devices with a fused AdamW kernel that we rely on. On a CPU the fused kernel is several times
-# faster than the default per-parameter loop (the demo's 277 tensors: 2.1 ms against 11.7 ms per
-# step, docs/scaling.md), which is 5% of a tiny-model step.
+# faster than the default per-parameter loop (the demo's 277 tensors, one thread capped to AVX2: 2.1
+# against 11.7 ms per step, docs/training.md "Recipe"), which is 5% of a tiny-model step.
 FUSED_DEVICES = ("cpu", "cuda")
 
 

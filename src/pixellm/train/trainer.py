@@ -235,7 +235,7 @@ class Trainer:
                                     lengths=lengths)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        # the engines that shard the optimizer state wrap it themselves: keep the default kernel there
+        # FSDP's sharded (DTensor) parameters and DeepSpeed's engine keep the default kernel
         self.optimizer = adamw(params, o.lr, tuple(o.betas), o.weight_decay, fused=not (self.fsdp or self.deepspeed))
         self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps)
         state = self._load_resume_state() if self.resume else None
