@@ -89,6 +89,20 @@ def test_tiny_preset_is_small_and_runs():
     assert torch.isfinite(out.loss)
 
 
+def test_tiny_demo_llm_starts_at_its_width_scale():
+    """The demo's 128-wide LLM is initialised at 1/sqrt(width), not LLaMA's 0.02 (which the released
+    presets keep; their weights are loaded anyway)."""
+    from pixellm.build import build_pixellm
+
+    model, _ = build_pixellm("tiny-demo")
+    llm = model.language_model
+    for name, p in llm.named_parameters():
+        if p.dim() == 2:  # embeddings and every projection
+            assert p.std().item() == pytest.approx(128**-0.5, rel=0.1), name
+    assert PixelLMConfig.from_preset("pixellm-7b").text_config.initializer_range == 0.02
+    assert PixelLMConfig.from_preset("tiny").text_config.initializer_range == 0.02
+
+
 def test_unknown_preset_and_bad_config():
     with pytest.raises(ConfigError, match="unknown preset"):
         PixelLMConfig.from_preset("nope")
