@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pixellm.errors import ConfigError
-from pixellm.train.config import TrainConfig, apply_overrides, load_config
-from pixellm.train.schedule import adamw, warmup_decay_factor, warmup_decay_lr
+from pixellm.train.config import OptimSettings, TrainConfig, apply_overrides, load_config
+from pixellm.train.schedule import adamw, lr_groups, warmup_decay_factor, warmup_decay_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,27 @@ def test_warmup_then_linear_decay():
     sched2 = warmup_decay_lr(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0), 4, 10)
     sched2.load_state_dict(state)
     assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_lr_scale_groups_by_longest_prefix_and_the_schedule_scales_each_group():
+    model = torch.nn.ModuleDict({
+        "language_model": torch.nn.Linear(2, 2),
+        "mm_projector": torch.nn.Linear(2, 2),
+        "out_mm_projector": torch.nn.Linear(2, 2),
+    })
+    groups = lr_groups(model.named_parameters(), 2e-3, {"language_model": 0.5, "language_model.bias": 0.25,
+                                                        "mm_projector": 0.5})
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_lr[1e-3] == {id(model["language_model"].weight), *map(id, model["mm_projector"].parameters())}
+    assert by_lr[5e-4] == {id(model["language_model"].bias)}
+    assert by_lr[2e-3] == set(map(id, model["out_mm_projector"].parameters()))  # a prefix, not a substring
+    opt = adamw(groups, 2e-3, (0.9, 0.95), 0.0)
+    sched = warmup_decay_lr(opt, warmup_steps=2, total_steps=10)
+    assert sorted(sched.get_last_lr()) == pytest.approx(sorted(lr / 2 for lr in by_lr))  # step 0: (0+1)/2
+    with pytest.raises(ConfigError, match="optim.lr_scale: no trainable parameter name starts with 'lm_head'"):
+        lr_groups(model.named_parameters(), 2e-3, {"lm_head": 0.5})
+    with pytest.raises(ConfigError, match="optim.lr_scale.language_model"):
+        TrainConfig(optim=OptimSettings(lr_scale={"language_model": 0})).validate()
 
 
 def test_adamw_fused_on_cpu_matches_the_default_kernel():

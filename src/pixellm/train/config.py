@@ -57,6 +57,9 @@ class OptimSettings:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    # Learning-rate multipliers by parameter-name prefix, e.g. {language_model: 0.5, mm_projector:
+    # 0.5}; the longest matching prefix wins, other parameters train at ``lr``.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +123,9 @@ class TrainConfig:
             bad("optim.lr", f"must be > 0, got {self.optim.lr}")
         if len(self.optim.betas) != 2:
             bad("optim.betas", f"need two values, got {self.optim.betas}")
+        for prefix, scale in self.optim.lr_scale.items():
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
+                bad(f"optim.lr_scale.{prefix}", f"must be a number > 0, got {scale!r}")
         if self.optim.warmup_steps < 0:
             bad("optim.warmup_steps", "must be >= 0")
         for i, d in enumerate(self.data):

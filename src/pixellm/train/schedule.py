@@ -30,12 +30,34 @@ def warmup_decay_lr(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
 FUSED_DEVICES = ("cpu", "cuda")
 
 
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float,
-          fused: bool = True) -> torch.optim.AdamW:
+def lr_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
+              lr_scale: dict[str, float]) -> list[dict]:
+    """Optimizer parameter groups: ``lr`` times the multiplier of the longest name prefix in
+    ``lr_scale`` that a parameter's name starts with (1 when none does). A prefix that matches no
+    parameter is a ``ConfigError`` (a typo must not silently train at the wrong rate)."""
+    from pixellm.errors import ConfigError
+
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    used: set[str] = set()
+    for name, p in named_params:
+        match = max((k for k in lr_scale if name.startswith(k)), key=len, default=None)
+        if match is not None:
+            used.add(match)
+        groups.setdefault(lr_scale[match] if match is not None else 1.0, []).append(p)
+    unused = sorted(set(lr_scale) - used)
+    if unused:
+        raise ConfigError(f"train config optim.lr_scale: no trainable parameter name starts with {unused[0]!r}")
+    return [{"params": ps, "lr": lr * scale} for scale, ps in groups.items()]
+
+
+def adamw(params: Iterable[torch.nn.Parameter] | list[dict], lr: float, betas: tuple[float, float],
+          weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
     """AdamW, with the fused kernel when ``fused`` and every parameter is a plain floating-point
-    tensor on a CPU or CUDA device (sharded DTensor parameters keep the default implementation)."""
+    tensor on a CPU or CUDA device (sharded DTensor parameters keep the default implementation).
+    ``params``: parameters, or groups as :func:`lr_groups` makes them."""
     params = list(params)
-    fused = fused and bool(params) and all(
-        type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    fused = fused and bool(flat) and all(
+        type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in FUSED_DEVICES for p in flat
     )
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)

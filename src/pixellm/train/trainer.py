@@ -36,7 +36,7 @@ from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
 from pixellm.train.data import build_training_data, collate_train, sample_lengths, to_device
 from pixellm.train.precision import PrecisionChoice, resolve_precision
-from pixellm.train.schedule import adamw, warmup_decay_lr
+from pixellm.train.schedule import adamw, lr_groups, warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
 
@@ -233,10 +233,10 @@ class Trainer:
         self.sampler = MixedSampler(self.dataset.sizes, rates, cfg.steps * self.accum * per_step, seed=cfg.seed,
                                     rank=acc.process_index, world_size=world, batch_size=cfg.batch_size,
                                     lengths=lengths)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
+        groups = lr_groups(((n, p) for n, p in self.model.named_parameters() if p.requires_grad), o.lr, o.lr_scale)
         # FSDP's sharded (DTensor) parameters and DeepSpeed's engine keep the default kernel
-        self.optimizer = adamw(params, o.lr, tuple(o.betas), o.weight_decay, fused=not (self.fsdp or self.deepspeed))
+        self.optimizer = adamw(groups, o.lr, tuple(o.betas), o.weight_decay, fused=not (self.fsdp or self.deepspeed))
         self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps)
         state = self._load_resume_state() if self.resume else None
         if not self.fsdp:
