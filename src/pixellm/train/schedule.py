@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from pixellm.errors import ConfigError
+
 
 def warmup_decay_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warm-up,
@@ -35,8 +37,6 @@ def lr_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
     """Optimizer parameter groups: ``lr`` times the multiplier of the longest name prefix in
     ``lr_scale`` that a parameter's name starts with (1 when none does). A prefix that matches no
     parameter is a ``ConfigError`` (a typo must not silently train at the wrong rate)."""
-    from pixellm.errors import ConfigError
-
     groups: dict[float, list[torch.nn.Parameter]] = {}
     used: set[str] = set()
     for name, p in named_params:
