@@ -39,7 +39,7 @@ from pixellm.model.lora import inject_lora
 from pixellm.model.mask_decoder import MaskFusion, MultiScaleMaskDecoder
 from pixellm.model.projector import build_neck, build_projector
 from pixellm.model.prompt_encoder import PromptEncoder
-from pixellm.model.vision import clip_multiscale_features
+from pixellm.model.vision import FrozenVisionCache, clip_multiscale_features
 
 
 @dataclass
@@ -165,6 +165,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         self.detail = (
             PixelDetailPath(config.pixel_detail_channels, dim) if config.pixel_detail_channels else None
         )
+        # Set by the trainer while the tower is frozen (``TrainConfig.vision_cache_mb``); not saved.
+        self.vision_cache: FrozenVisionCache | None = None
         self.post_init()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -208,9 +210,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             resized_sizes = resized_sizes.to(pixel_values.device).long()
             valid = grid_valid_mask(resized_sizes, s, grid)  # the processor's rule for CLIP patches
         original_sizes = resized_sizes if original_sizes is None else original_sizes.long()
-        states = clip_multiscale_features(
-            self.vision_tower, pixel_values, valid, cfg.vision_select_layers, cfg.pos_interpolation
-        )
+        clip_features = clip_multiscale_features if self.vision_cache is None else self.vision_cache.features
+        states = clip_features(self.vision_tower, pixel_values, valid, cfg.vision_select_layers, cfg.pos_interpolation)
         dtype = self.mm_projector[0].weight.dtype
         llm_tokens = self.mm_projector(self.llm_grid(states[0]).to(dtype))
         hidden = self.out_mm_projector[2].out_features

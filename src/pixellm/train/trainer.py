@@ -31,6 +31,7 @@ import torch
 from pixellm.data.dataset import SegmentationDataset, SkipTally
 from pixellm.data.mixing import MixedSampler
 from pixellm.errors import ConfigError
+from pixellm.model.vision import FrozenVisionCache
 from pixellm.train import checkpoint as ckpt
 from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
@@ -61,6 +62,7 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
     precision: dict[str, str] = field(default_factory=dict)  # what ``precision`` resolved to, and why
+    vision_cache: dict[str, float] | None = None  # FrozenVisionCache.stats() when one was used
     model: Any = None
     processor: Any = None
 
@@ -244,6 +246,8 @@ class Trainer:
         if state is not None and _is_sharded(acc):
             acc.load_state(str(self.resumed_from / "accelerate"))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.vision_cache_mb:
+            self._attach_vision_cache()
         # Under FSDP every process runs the validation forward (its all-gathers are collectives).
         val_here = acc.is_main_process or self.fsdp
         self.val_batches = _validation_batches(cfg, self.processor, self.pad_id) if val_here else None
@@ -402,6 +406,19 @@ class Trainer:
             raise
         return self._finish()
 
+    def _attach_vision_cache(self) -> None:
+        """Give the model a :class:`FrozenVisionCache` (``cfg.vision_cache_mb``). Sharded
+        parameters are refused: a process whose images all hit would skip the tower's all-gathers
+        while the others wait in them."""
+        if self.fsdp or (self.deepspeed and self.acc.state.deepspeed_plugin.zero_stage == 3):
+            raise ConfigError("train config vision_cache_mb: not with parameters sharded over processes "
+                              "(FSDP / ZeRO-3); set it to 0")
+        model = self.acc.unwrap_model(self.model)
+        if any(p.requires_grad for p in model.vision_tower.parameters()):
+            raise ConfigError("train config vision_cache_mb: the vision tower trains here; a cache of its "
+                              "features would go stale (set it to 0)")
+        model.vision_cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
+
     def _abandon(self) -> None:
         """After a failure: close the bar and the writer and forget accelerate's per-process state,
         so that a later run in this process may choose another precision. No collectives: the
@@ -517,6 +534,10 @@ class Trainer:
         final = fsdp.consolidate(self.model, cfg) if self.fsdp and not stopped else None
         if not self.fsdp:
             final = acc.unwrap_model(self.model)
+            if final.vision_cache is not None:  # the run's images only: do not hand it on
+                result.vision_cache = final.vision_cache.stats()
+                logger.info("vision feature cache: %s", result.vision_cache)
+                final.vision_cache = None
         if acc.is_main_process:
             if skipped.distinct() or skipped.replacements:
                 print(skipped.report())  # distinct bad samples; replacements apart
@@ -554,5 +575,5 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None 
         with open(Path(cfg.output_dir) / "train_summary.json", "w", encoding="utf-8") as f:
             json.dump({"step": result.step, "samples": result.samples, "seconds": result.seconds,
                        "samples_per_second": result.samples_per_second, "validation": result.validation,
-                       "skipped": result.skipped}, f, indent=2)
+                       "skipped": result.skipped, "vision_cache": result.vision_cache}, f, indent=2)
     return result
