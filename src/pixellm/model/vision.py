@@ -6,6 +6,8 @@ when the model input is larger than CLIP's native size (448 vs 336 for the relea
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,8 +123,6 @@ class FrozenVisionCache:
 
     @staticmethod
     def _key(pixels: torch.Tensor, valid: torch.Tensor | None) -> bytes:
-        import hashlib
-
         dev = pixels.device.type
         autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         h = hashlib.blake2b(digest_size=16)
