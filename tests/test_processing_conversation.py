@@ -142,6 +142,37 @@ def test_history_answers_keep_their_groups(tok_ids):
     assert enc.labels[complete[0][0]] == IGNORE_INDEX and enc.labels[complete[1][0]] != IGNORE_INDEX
 
 
+def test_supervised_history_trains_every_answer(tok_ids):
+    """A packed conversation: each answer is supervised from after its "ASSISTANT:" through its
+    "</s>", each question and the template stay masked, every group counts."""
+    tok, cb = tok_ids
+    history = [("Where is the cup?", "Here {seg}."), ("Is there a fork?", "No.")]
+    enc = encode(tok_ids, answer="The bowl {seg}.", history=history, supervise_history=True)
+    plain = encode(tok_ids, answer="The bowl {seg}.", history=history)
+    assert enc.input_ids == plain.input_ids
+    assert enc.num_targets == 2 and plain.num_targets == 1
+    spans, start = [], None
+    for i, lab in enumerate(enc.labels):
+        if lab != IGNORE_INDEX and start is None:
+            start = i
+        if lab == IGNORE_INDEX and start is not None:
+            spans.append((start, i))
+            start = None
+    spans.append((start, len(enc.labels)))
+    assert [tok.decode(enc.input_ids[a:b]) for a, b in spans] == [f" Here {GROUP}.</s>", " No.</s>", f" The bowl {GROUP}.</s>"]
+    for a, b in spans:
+        assert enc.labels[a:b] == enc.input_ids[a:b]
+    # the masked part before each answer is exactly that turn's generation prompt
+    for t, (a, _) in enumerate(spans):
+        turn_q = (history + [("What can hold water?", None)])[t][0]
+        prompt = encode(tok_ids, answer=None, question=turn_q, history=history[:t]).input_ids
+        assert enc.input_ids[:a] == prompt
+    # a cut inside the last group drops it and keeps the history's
+    s2 = find_codebook_groups(enc.input_ids, cb)[0][1][0]
+    cut = encode(tok_ids, answer="The bowl {seg}.", history=history, supervise_history=True, max_length=s2 + 3)
+    assert cut.truncated and cut.num_targets == 1
+
+
 def test_find_codebook_groups_complete_and_incomplete():
     cb = [10, 11, 12]
     assert find_codebook_groups([1, 10, 11, 12, 2, 10, 11, 12, 10, 11, 12], cb) == ([(1, 4), (5, 8), (8, 11)], [])

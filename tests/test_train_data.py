@@ -52,3 +52,58 @@ def test_sample_lengths_are_the_encoded_text_lengths(tmp_path):
     encoded = [int(ds[i]["attention_mask"].shape[0]) for i in range(len(ds))]
     fixed = {e - n for e, n in zip(encoded, lengths)}
     assert len(lengths) == len(ds) == 40 and max(fixed) - min(fixed) <= 1, fixed
+
+
+def test_packed_conversations_train_every_question_of_an_image(tmp_path):
+    """``pack_turns: 2``: the two questions of each synthetic image become one conversation whose
+    masks are both answers' targets in order; a model step takes it (one mask per group)."""
+    import random
+
+    import torch
+
+    from pixellm.build import build_pixellm
+    from pixellm.data.muse import muse_samples
+    from pixellm.data.synth import write_synth
+    from pixellm.processing.conversation import IGNORE_INDEX
+
+    write_synth(tmp_path, {"train": 12}, seed=3)  # 6 images, 2 questions each
+    model, processor = build_pixellm("tiny", max_length=320)
+    path = str(tmp_path / "train.json")
+    singles, _ = muse_samples(path, rng=random.Random(0))  # the paraphrases build_training_data draws
+    ds, _ = build_training_data([DataSource(name="s", kind="synth", path=path, pack_turns=2)], processor, seed=0)
+    assert len(ds) == 6 and [s.image_path for s in ds.sources[0]] == [s.image_path for s in singles[::2]]
+    for i, packed in enumerate(ds.sources[0]):
+        first, second = singles[2 * i], singles[2 * i + 1]
+        assert packed.history == ((first.question, first.answer),)
+        assert (packed.question, packed.answer) == (second.question, second.answer)
+        assert packed.num_seg == first.num_seg + second.num_seg
+        masks = packed.load_masks()
+        assert (masks == torch.cat([torch.as_tensor(first.load_masks()), torch.as_tensor(second.load_masks())]).numpy()).all()
+        ex = ds[i]
+        assert ex["num_targets"] == packed.num_seg == ex["masks"].shape[0]
+        supervised = ex["labels"][ex["labels"] != IGNORE_INDEX]
+        text = processor.tokenizer.decode(supervised)
+        # both answers are supervised: the first answer's words are in the labels
+        assert first.answer.replace("{seg}", "").split()[1] in text and text.count("</s>") == 2
+    batch = collate_train([ds[i] for i in range(4)], processor.pad_token_id)
+    batch.pop("skips")
+    out = model(**batch, return_logits=False)
+    assert torch.isfinite(out.loss) and len(batch["gt_masks"]) == 4
+
+
+def test_packing_keeps_records_apart_and_order(tmp_path):
+    from pixellm.data.sample import Sample, no_masks, pack_conversations
+
+    def s(record, q):
+        return Sample("img.png", f"q{record}{q}", "a.", no_masks(2, 2), "src", {"path": "f", "record": record})
+
+    samples = [s(0, 0), s(0, 1), s(0, 2), s(1, 0), s(2, 0), s(2, 1)]  # same image, three records
+    packed = pack_conversations(samples, 2)
+    assert [(p.meta["record"], len(p.history), p.question) for p in packed] == [
+        (0, 1, "q01"), (0, 0, "q02"), (1, 0, "q10"), (2, 1, "q21")]
+    assert pack_conversations(samples, 1) is samples
+    assert [len(p.history) for p in pack_conversations(samples, 3)] == [2, 0, 1]
+    with pytest.raises(ConfigError, match=r"data\[0\].pack_turns"):
+        from pixellm.train.config import TrainConfig
+
+        TrainConfig(data=[DataSource(path="x.json", pack_turns=0)]).validate()

@@ -37,7 +37,7 @@ SKIP_REASONS: tuple[str, ...] = (
 MAX_RETRIES = 16  # consecutive bad samples before the source is declared broken
 
 # encode(image, question, answer, masks) -> dict; e.g. PixelLMProcessor.encode_example.
-EncodeFn = Callable[[Any, str, str, np.ndarray], dict]
+EncodeFn = Callable[..., dict]  # (image, question, answer, masks[, history=, supervise_history=])
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,9 @@ class SegmentationDataset(Dataset):
         """The encoding of one sample; raises ``_Skip`` when it is bad."""
         image, masks = self.load(sample)
         try:
+            if sample.history:  # a packed conversation: every answer supervised
+                return self.encode(image, sample.question, sample.answer, masks, history=sample.history,
+                                   supervise_history=True)
             return self.encode(image, sample.question, sample.answer, masks)
         except (PixelLMError, ValueError) as err:
             raise _Skip("encode_error", str(err)) from err

@@ -79,6 +79,37 @@ def tokenize_with_image(
     return ids
 
 
+def _token_prefix_length(prefix: list[int], full: list[int], what: str) -> int:
+    if full[: len(prefix)] != prefix:
+        raise InputError(f"tokenising {what} alone disagrees with the full conversation")
+    return len(prefix)
+
+
+def _supervise_turns(
+    tokenizer: PreTrainedTokenizerBase,
+    history: Sequence[tuple[str, str]],
+    full: list[int],
+    labels: list[int],
+    system_prompt: str,
+    num_image_tokens: int,
+    image_token_index: int,
+) -> int:
+    """Unmask each earlier answer in ``labels`` (in place); returns the first supervised index."""
+
+    def ids(text: str) -> list[int]:
+        return tokenize_with_image(tokenizer, text, num_image_tokens, image_token_index)
+
+    first = None
+    for t, (q, a) in enumerate(history):
+        start = _token_prefix_length(ids(build_prompt(q, None, history[:t], system_prompt)), full,
+                                     f"the prompt of turn {t + 1}")
+        end = _token_prefix_length(ids(build_prompt(q, a, history[:t], system_prompt)), full,
+                                   f"the conversation through answer {t + 1}")
+        labels[start:end] = full[start:end]
+        first = start if first is None else first
+    return int(first)
+
+
 @dataclass
 class EncodedConversation:
     """Token ids of one sample. ``labels`` is None without an answer.
@@ -104,6 +135,7 @@ def encode_conversation(
     image_token_index: int = IMAGE_TOKEN_INDEX,
     history: Sequence[tuple[str, str]] = (),
     system_prompt: str = SYSTEM_PROMPT,
+    supervise_history: bool = False,
 ) -> EncodedConversation:
     """Build, tokenise, label-mask and truncate one conversation.
 
@@ -115,6 +147,10 @@ def encode_conversation(
     ``"ASSISTANT: "`` prefix does, leaves a token that generation must produce but training never
     taught, and such answers are never generated. Truncation to ``max_length`` never cuts the
     prompt or the image (InputError instead) and drops a codebook group that the cut would split.
+
+    ``supervise_history`` (training on a whole conversation, as LLaVA trains its multi-turn
+    data): every answer of ``history`` is supervised too, each from after its ``"ASSISTANT:"``
+    through its ``"</s>"``, and ``num_targets`` counts the groups of every answer, in order.
     """
     n_cb = len(codebook_ids)
     history = [(q, expand_seg(a, n_cb)) for q, a in history]  # earlier answers keep their groups
@@ -135,6 +171,9 @@ def encode_conversation(
             f"(question {question[:40]!r}); the tokenizer merges 'ASSISTANT:' with the answer"
         )
     labels = [IGNORE_INDEX] * n_masked + full[n_masked:]
+    if supervise_history and history:
+        n_masked = _supervise_turns(tokenizer, history, full, labels, system_prompt, num_image_tokens,
+                                    image_token_index)
 
     complete, incomplete = find_codebook_groups(full, codebook_ids)
     if incomplete:

@@ -135,6 +135,7 @@ class PixelLMProcessor:
         masks: np.ndarray | torch.Tensor | None = None,
         history: Sequence[tuple[str, str]] = (),
         preprocessed: tuple[torch.Tensor, tuple[int, int], tuple[int, int]] | None = None,
+        supervise_history: bool = False,
     ) -> dict[str, Any]:
         """One sample for :func:`pixellm.processing.collate.collate`.
 
@@ -143,7 +144,9 @@ class PixelLMProcessor:
         ``labels`` (with an answer), ``pixel_values`` [3,S,S], ``resized_size``, ``original_size``,
         ``masks`` (trimmed to the targets kept after truncation, or None), ``num_targets``,
         ``truncated``. ``preprocessed``: ``image_processor.preprocess_one(image)`` done earlier
-        (``image`` is then not read).
+        (``image`` is then not read). ``supervise_history``: train on every answer of the
+        conversation (``history`` included); ``masks`` then holds the targets of every answer, in
+        order.
         """
         pixel_values, resized, original = preprocessed or self.image_processor.preprocess_one(image)
         conv = encode_conversation(
@@ -156,13 +159,14 @@ class PixelLMProcessor:
             image_token_index=self.image_token_index,
             history=history,
             system_prompt=self.system_prompt,
+            supervise_history=supervise_history,
         )
         kept_masks = None
         if masks is not None:
             if answer is None:
                 raise InputError("masks were given without an answer")
             kept_masks = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
-            n_markers = count_seg(answer)
+            n_markers = count_seg(answer) + (sum(count_seg(a) for _, a in history) if supervise_history else 0)
             if kept_masks.ndim != 3 or kept_masks.shape[0] != n_markers:
                 raise InputError(
                     f"answer has {n_markers} {{seg}} markers but masks have shape {tuple(kept_masks.shape)} "

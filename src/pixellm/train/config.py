@@ -28,7 +28,10 @@ class DataSource:
     ``kind``: ``muse`` / ``synth`` / ``refer`` / ``semseg`` (MUSE-format JSON, e.g. written by
     ``pixellm data refer2muse`` / ``semseg``) or ``vqa`` (LLaVA-Instruct JSON). ``path``: the JSON
     file; ``image_root``: image folder (default: the JSON's folder). Image names that leave
-    ``image_root`` are skipped (``unsafe_path``) unless ``allow_outside_root``.
+    ``image_root`` are skipped (``unsafe_path``) unless ``allow_outside_root``. ``pack_turns``:
+    up to N consecutive questions about one image (one record) trained as one multi-turn
+    conversation, every answer supervised (``data.sample.pack_conversations``); 1 = one
+    question per sequence.
     """
 
     name: str = "data"
@@ -37,6 +40,7 @@ class DataSource:
     image_root: str | None = None
     rate: float = 1.0
     allow_outside_root: bool = False  # accept image names that leave image_root (../, absolute)
+    pack_turns: int = 1
 
 
 @dataclass
@@ -142,6 +146,8 @@ class TrainConfig:
                 bad(f"data[{i}].kind", f"unknown kind {d.kind!r} ({' | '.join(DATA_KINDS)})")
             if d.rate <= 0:
                 bad(f"data[{i}].rate", f"must be > 0, got {d.rate}")
+            if d.pack_turns < 1:
+                bad(f"data[{i}].pack_turns", f"must be >= 1, got {d.pack_turns}")
             if not d.path:
                 bad(f"data[{i}].path", "is empty")
         return self

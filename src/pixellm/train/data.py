@@ -19,7 +19,7 @@ import torch
 
 from pixellm.conventions import expand_seg
 from pixellm.data.dataset import SegmentationDataset, skipped_report
-from pixellm.data.sample import Sample
+from pixellm.data.sample import Sample, pack_conversations
 from pixellm.errors import ConfigError
 from pixellm.processing.collate import collate
 from pixellm.train.config import DataSource
@@ -31,15 +31,18 @@ logger = logging.getLogger(__name__)
 
 
 def load_source(source: DataSource, rng: random.Random) -> tuple[list[Sample], Counter]:
-    """Samples of one configured data set (``rng`` picks instruction paraphrases)."""
+    """Samples of one configured data set (``rng`` picks instruction paraphrases), questions
+    packed into conversations of ``source.pack_turns``."""
     from pixellm.data.muse import muse_samples
     from pixellm.data.vqa import vqa_samples
 
     if source.kind == "vqa":
-        return vqa_samples(source.path, source.image_root, source=source.name,
-                           allow_outside_root=source.allow_outside_root)
-    return muse_samples(source.path, source.image_root, rng=rng, source=source.name,
-                        allow_outside_root=source.allow_outside_root)
+        samples, bad = vqa_samples(source.path, source.image_root, source=source.name,
+                                   allow_outside_root=source.allow_outside_root)
+    else:
+        samples, bad = muse_samples(source.path, source.image_root, rng=rng, source=source.name,
+                                    allow_outside_root=source.allow_outside_root)
+    return pack_conversations(samples, source.pack_turns), bad
 
 
 def collate_train(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -73,13 +76,15 @@ def build_training_data(
 
 
 def sample_lengths(dataset: SegmentationDataset, processor: PixelLMProcessor) -> np.ndarray:
-    """Token count of each sample's question and answer (a target's codebook group counted in
+    """Token count of each sample's questions and answers (a target's codebook group counted in
     full), in the dataset's global index order: what length grouping sorts by. The image tokens
     and the template are the same for every sample, so they are left out."""
     samples = [s for source in dataset.sources for s in source]
     tok = processor.tokenizer
     # a leading space: both follow other text in the prompt, which changes their first token
-    texts = [f" {s.question} {expand_seg(s.answer, processor.num_codebook_tokens)}" for s in samples]
+    n = processor.num_codebook_tokens
+    texts = [" " + " ".join(f"{q} {expand_seg(a, n)}" for q, a in (*s.history, (s.question, s.answer)))
+             for s in samples]
     return np.array([len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]], dtype=np.int64)
 
 
