@@ -19,6 +19,7 @@ from pixellm.data.muse import load_muse
 from pixellm.data.synth import (
     BACKGROUND,
     COLOURS,
+    KIND_WEIGHTS,
     SHAPES,
     SynthConfig,
     generate_scene,
@@ -188,6 +189,23 @@ def test_split_files_are_disjoint_and_deterministic(tmp_path):
     # The val split does not depend on how much training data was asked for.
     write_synth(tmp_path / "c", {"train": 10, "val": 20}, seed=4)
     assert (tmp_path / "c" / "val.json").read_bytes() == (tmp_path / "a" / "val.json").read_bytes()
+
+
+def test_a_split_can_have_its_own_mix_of_question_kinds(tmp_path):
+    """A training mix other than the held-out one: the other split is unchanged, the mix is
+    recorded, images stay distinct across splits."""
+    only = {k: (1.0 if k in ("position", "size") else 0.0) for k in KIND_WEIGHTS}
+    info = write_synth(tmp_path / "m", {"train": 40, "val": 20}, seed=4,
+                       split_configs={"train": SynthConfig(kind_weights=only)})
+    write_synth(tmp_path / "d", {"train": 40, "val": 20}, seed=4)
+    kinds = {k for r in load_muse(tmp_path / "m" / "train.json") for k in r["question_kinds"]}
+    assert kinds == {"position", "size"}
+    assert (tmp_path / "m" / "val.json").read_bytes() == (tmp_path / "d" / "val.json").read_bytes()
+    assert info["split_configs"]["train"]["kind_weights"] == only
+    train = {r["image_sha1"] for r in load_muse(tmp_path / "m" / "train.json")}
+    assert not train & {r["image_sha1"] for r in load_muse(tmp_path / "m" / "val.json")}
+    with pytest.raises(ConfigError, match="split_configs"):
+        write_synth(tmp_path / "x", {"train": 4}, split_configs={"test": SynthConfig()})
 
 
 def test_generation_is_fast():

@@ -482,10 +482,13 @@ def write_synth(
     seed: int = 0,
     cfg: SynthConfig = SynthConfig(),
     progress: bool = False,
+    split_configs: dict[str, SynthConfig] | None = None,
 ) -> dict[str, Any]:
     """Write ``out/<split>.json`` + ``out/images/<split>/*.png`` for each split; returns ``info``.
 
     ``splits`` maps split name -> number of questions (e.g. ``{"train": 6000, "val": 200}``).
+    ``split_configs``: another config for some splits (e.g. a training mix of question kinds
+    that differs from the held-out one); images stay distinct across all splits.
     Also writes ``out/info.json`` (parameters, images/questions per split, target histogram).
     """
     from PIL import Image
@@ -493,13 +496,19 @@ def write_synth(
 
     out = Path(out)
     seen: set[str] = set()
+    split_configs = dict(split_configs or {})
+    unknown = set(split_configs) - set(splits)
+    if unknown:
+        raise ConfigError(f"split_configs for splits not written: {sorted(unknown)}")
     info: dict[str, Any] = {"seed": seed, "config": asdict(cfg), "splits": {}}
+    if split_configs:
+        info["split_configs"] = {k: asdict(v) for k, v in split_configs.items()}
     for split, n in splits.items():
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         records = []
         bar = tqdm(total=n, desc=f"synth {split}", unit="q", disable=not progress)
-        for record, image in iter_split(split, n, seed, cfg, seen):
+        for record, image in iter_split(split, n, seed, split_configs.get(split, cfg), seen):
             Image.fromarray(image).save(out / record["file_name"], compress_level=1)
             records.append(record)
             bar.update(len(record["questions"]))
