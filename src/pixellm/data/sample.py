@@ -99,8 +99,7 @@ def pack_conversations(samples: list[Sample], turns: int) -> list[Sample]:
     one multi-turn conversation (the earlier ones as supervised ``history``).
 
     The image and the template are then encoded once for several questions: on the demo's set,
-    two questions per sequence cost 0.76x the time per question at 16 sequences a step (not at 8;
-    docs/data.md).
+    two questions per sequence cost ~0.78x the time per question (benchmarks/bench_pack_turns.py).
     ``turns`` = 1 returns ``samples`` unchanged. Order is kept; a record's last chunk may be
     shorter."""
     if turns < 1:
