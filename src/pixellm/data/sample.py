@@ -113,15 +113,17 @@ def pack_conversations(samples: list[Sample], turns: int) -> list[Sample]:
         return s.image_path, s.source, s.meta.get("path"), s.meta.get("record")
 
     def flush() -> None:
-        if chunk:
+        if len(chunk) == 1:
+            out.append(chunk[0])
+        elif chunk:
             first, last = chunk[0], chunk[-1]
             out.append(Sample(
                 first.image_path, last.question, last.answer,
-                partial(_concat_masks, tuple(s.load_masks for s in chunk)) if len(chunk) > 1 else first.load_masks,
-                first.source, dict(first.meta, turns=len(chunk)) if len(chunk) > 1 else first.meta,
+                partial(_concat_masks, tuple(s.load_masks for s in chunk)),
+                first.source, dict(first.meta, turns=len(chunk)),
                 tuple(h for s in chunk[:-1] for h in (*s.history, (s.question, s.answer))) + last.history,
             ))
-            chunk.clear()
+        chunk.clear()
 
     for s in samples:
         if chunk and (len(chunk) == turns or key(s) != key(chunk[0])):

@@ -80,8 +80,14 @@ def tokenize_with_image(
 
 
 def _token_prefix_length(prefix: list[int], full: list[int], what: str) -> int:
+    """``len(prefix)`` when ``prefix`` is a token prefix of ``full``; otherwise an InputError naming
+    the first token that differs."""
     if full[: len(prefix)] != prefix:
-        raise InputError(f"tokenising {what} alone disagrees with the full conversation")
+        at = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), min(len(prefix), len(full)))
+        raise InputError(
+            f"tokenising {what} alone disagrees with the full conversation at token {at}; "
+            "the tokenizer merges 'ASSISTANT:' with the answer"
+        )
     return len(prefix)
 
 
@@ -99,15 +105,15 @@ def _supervise_turns(
     def ids(text: str) -> list[int]:
         return tokenize_with_image(tokenizer, text, num_image_tokens, image_token_index)
 
-    first = None
+    starts = []
     for t, (q, a) in enumerate(history):
         start = _token_prefix_length(ids(build_prompt(q, None, history[:t], system_prompt)), full,
                                      f"the prompt of turn {t + 1}")
         end = _token_prefix_length(ids(build_prompt(q, a, history[:t], system_prompt)), full,
                                    f"the conversation through answer {t + 1}")
         labels[start:end] = full[start:end]
-        first = start if first is None else first
-    return int(first)
+        starts.append(start)
+    return starts[0]
 
 
 @dataclass
@@ -162,14 +168,7 @@ def encode_conversation(
     expanded = expand_seg(answer, n_cb)
     full = tokenize_with_image(tokenizer, build_prompt(question, expanded, history, system_prompt), num_image_tokens, image_token_index)
     # it must be a token prefix of the training sequence
-    n_masked = 0
-    while n_masked < min(len(prefix), len(full)) and prefix[n_masked] == full[n_masked]:
-        n_masked += 1
-    if n_masked < len(prefix):
-        raise InputError(
-            f"tokenising the prompt alone disagrees with the full conversation at token {n_masked} "
-            f"(question {question[:40]!r}); the tokenizer merges 'ASSISTANT:' with the answer"
-        )
+    n_masked = _token_prefix_length(prefix, full, f"the prompt (question {question[:40]!r})")
     labels = [IGNORE_INDEX] * n_masked + full[n_masked:]
     if supervise_history and history:
         n_masked = _supervise_turns(tokenizer, history, full, labels, system_prompt, num_image_tokens,
