@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from bench_demo import machine  # CPU, capability, ISA caps and load, as bench_demo records them
 
 from pixellm.model.detail import PixelDetailPath
 
@@ -72,15 +71,7 @@ def main() -> None:
         "benchmark": "pixel detail path convolutions, forward + backward",
         "command": "python benchmarks/bench_detail_conv.py" + (f" --out {args.out}" if args.out != RESULTS else ""),
         "shape": {"batch": args.batch, "size": args.size, "channels": args.channels},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch_threads": torch.get_num_threads(),
-            "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                                                     "ONEDNN_MAX_CPU_ISA") if k in os.environ},
-        },
+        "machine": {**machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
         "ms_per_step_median_of_repeats": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "best_ms": {k: round(v, 2) for k, v in best.items()},
         "speedup_channels_last": round(best["nchw"] / best["channels_last"], 2),

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_demo import machine  # CPU, capability, ISA caps and load, as bench_demo records them
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pack_turns.json"
 
@@ -79,13 +78,7 @@ def main() -> None:
         "command": "python benchmarks/bench_pack_turns.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items() if k != "out"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": args.threads,
-        },
+        "machine": {**machine(), "torch": torch.__version__, "threads": args.threads},
         "arms": {},
     }
     for name, (_, b) in arms.items():
