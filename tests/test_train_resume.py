@@ -56,17 +56,22 @@ def trainable_weights(result):
     return {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("group_by_length", [False, True])
-def test_kill_and_resume_matches_uninterrupted_run(synth_dir, tmp_path, group_by_length):
-    full = train(make_cfg(synth_dir, tmp_path / "full", group_by_length=group_by_length))
+# Muon (on the LoRA matrices here: the default muon_params prefix under LoRA) keeps momentum buffers that must come back exactly too.
+@pytest.mark.parametrize("group_by_length,optimizer", [(False, "adamw"), (True, "adamw"), (False, "muon")])
+def test_kill_and_resume_matches_uninterrupted_run(synth_dir, tmp_path, group_by_length, optimizer):
+    optim = {"lr": 1e-3, "warmup_steps": 2, "name": optimizer}
+    full = train(make_cfg(synth_dir, tmp_path / "full", group_by_length=group_by_length, optim=optim))
     assert full.step == 6 and not full.stopped_early
     reference = trainable_weights(full)
 
-    killed = train(make_cfg(synth_dir, tmp_path / "split", stop_after=3, group_by_length=group_by_length))
+    killed = train(make_cfg(synth_dir, tmp_path / "split", stop_after=3, group_by_length=group_by_length, optim=optim))
     assert killed.stopped_early and killed.step == 3 and killed.export_dir is None
     # Step 3 was trained but never saved (like a kill): the newest checkpoint is step 2.
     assert ckpt.find_latest_checkpoint(tmp_path / "split").name == ckpt.checkpoint_name(2)
-    resumed = train(make_cfg(synth_dir, tmp_path / "split", group_by_length=group_by_length), resume=True)
+    saved = ckpt.load_optimizer_state(ckpt.find_latest_checkpoint(tmp_path / "split"))
+    kinds = {k for state in saved["state"].values() for k in state}
+    assert ("momentum_buffer" in kinds) is (optimizer == "muon") and "exp_avg" in kinds
+    resumed = train(make_cfg(synth_dir, tmp_path / "split", group_by_length=group_by_length, optim=optim), resume=True)
     assert resumed.step == 6
     got = trainable_weights(resumed)
     assert got.keys() == reference.keys()

@@ -64,6 +64,11 @@ class OptimSettings:
     # Learning-rate multipliers by parameter-name prefix, e.g. {language_model: 0.5, mm_projector:
     # 0.5}; the longest matching prefix wins, other parameters train at ``lr``.
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # ``adamw`` (the released recipe) or ``muon``: Muon for the 2-D weights whose names start with
+    # one of ``muon_params``, AdamW for the rest (pixellm.train.muon; docs/training.md, "The demo").
+    name: Literal["adamw", "muon"] = "adamw"
+    muon_params: list[str] = field(default_factory=lambda: ["language_model.model.layers."])
+    muon_momentum: float = 0.95
 
 
 @dataclass
@@ -141,6 +146,10 @@ class TrainConfig:
                 bad(f"optim.lr_scale.{prefix}", f"must be a number > 0, got {scale!r}")
         if self.optim.warmup_steps < 0:
             bad("optim.warmup_steps", "must be >= 0")
+        if not 0 <= self.optim.muon_momentum < 1:
+            bad("optim.muon_momentum", f"must be in [0, 1), got {self.optim.muon_momentum}")
+        if self.optim.name == "muon" and not self.optim.muon_params:
+            bad("optim.muon_params", "is empty: Muon would update no parameter (use optim.name=adamw)")
         for i, d in enumerate(self.data):
             if d.kind not in DATA_KINDS:
                 bad(f"data[{i}].kind", f"unknown kind {d.kind!r} ({' | '.join(DATA_KINDS)})")

@@ -37,7 +37,7 @@ from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
 from pixellm.train.data import build_training_data, collate_train, sample_lengths, to_device
 from pixellm.train.precision import PrecisionChoice, resolve_precision
-from pixellm.train.schedule import adamw, lr_groups, warmup_decay_lr
+from pixellm.train.schedule import lr_groups, make_optimizer, warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
 
@@ -236,9 +236,14 @@ class Trainer:
                                     rank=acc.process_index, world_size=world, batch_size=cfg.batch_size,
                                     lengths=lengths)
         o = cfg.optim
-        groups = lr_groups(((n, p) for n, p in self.model.named_parameters() if p.requires_grad), o.lr, o.lr_scale)
+        if o.name == "muon" and (self.fsdp or self.deepspeed):
+            raise ConfigError("train config optim.name: muon orthogonalises whole weight matrices, which FSDP and "
+                              "DeepSpeed shard; use optim.name=adamw there")
+        groups = lr_groups(((n, p) for n, p in self.model.named_parameters() if p.requires_grad), o.lr, o.lr_scale,
+                           o.muon_params if o.name == "muon" else ())
         # FSDP's sharded (DTensor) parameters and DeepSpeed's engine keep the default kernel
-        self.optimizer = adamw(groups, o.lr, tuple(o.betas), o.weight_decay, fused=not (self.fsdp or self.deepspeed))
+        self.optimizer = make_optimizer(groups, o.name, o.lr, tuple(o.betas), o.weight_decay,
+                                        fused=not (self.fsdp or self.deepspeed), muon_momentum=o.muon_momentum)
         self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps)
         state = self._load_resume_state() if self.resume else None
         if not self.fsdp:
