@@ -62,27 +62,32 @@ def _run(opt, params, steps, start=0):
 @pytest.mark.parametrize("fused", [True, False])
 def test_adamw_half_matches_torch_adamw_and_muon_half_follows_the_rule(fused):
     torch.manual_seed(0)
-    w0, b0 = torch.randn(6, 10), torch.randn(10)
-    w, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())
-    opt = make_optimizer([{"params": [w], "lr": 1e-2, "muon": True}, {"params": [b], "lr": 1e-2}], "muon",
+    # w and its transposed twin t share one batched Newton-Schulz call; each must get its own update
+    w0, t0, b0 = torch.randn(6, 10), torch.randn(10, 6), torch.randn(10)
+    w, t, b = (torch.nn.Parameter(x.clone()) for x in (w0, t0, b0))
+    opt = make_optimizer([{"params": [w, t], "lr": 1e-2, "muon": True}, {"params": [b], "lr": 1e-2}], "muon",
                          1e-2, (0.9, 0.95), 0.1, fused=fused, muon_momentum=0.9)
     assert isinstance(opt, MuonWithAdamW)
     b_ref = torch.nn.Parameter(b0.clone())
     ref = torch.optim.AdamW([b_ref], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
     # Muon by hand: Nesterov momentum, orthogonalised, decoupled decay, lr x 0.2 sqrt(max dim).
-    w_ref, buf = w0.clone(), torch.zeros_like(w0)
+    refs = {id(w): [w0.clone(), torch.zeros_like(w0)], id(t): [t0.clone(), torch.zeros_like(t0)]}
     for step in range(3):
-        for p in (w, b):
+        for p in (w, t, b):
             p.grad = torch.sin(p.detach() * (step + 1))
         b_ref.grad = b.grad.clone()
-        g = w.grad.clone()
-        buf = 0.9 * buf + 0.1 * g
-        w_ref = w_ref * (1 - 1e-2 * 0.1) - 1e-2 * muon_lr_ratio(w.shape) * orthogonalize(0.1 * g + 0.9 * buf)
+        for p in (w, t):
+            value, buf = refs[id(p)]
+            g = p.grad.clone()
+            buf = 0.9 * buf + 0.1 * g
+            value = value * (1 - 1e-2 * 0.1) - 1e-2 * muon_lr_ratio(p.shape) * orthogonalize(0.1 * g + 0.9 * buf)
+            refs[id(p)] = [value, buf]
         opt.step()
         ref.step()
         assert w.grad is not None  # the gradient is handed back after AdamW's half
     assert torch.allclose(b, b_ref, atol=1e-6)
-    assert torch.allclose(w, w_ref, atol=1e-5)
+    for p in (w, t):
+        assert torch.allclose(p, refs[id(p)][0], atol=1e-5)
     assert set(opt.state[w]) == {"momentum_buffer", "step"} and "exp_avg" in opt.state[b]
 
 
