@@ -136,3 +136,19 @@ def test_config_names_and_checks():
         TrainConfig(optim=OptimSettings(name="muon", muon_momentum=1.0)).validate()
     with pytest.raises(ConfigError, match="optim.muon_params"):
         TrainConfig(optim=OptimSettings(name="muon", muon_params=[])).validate()
+
+
+def test_trainer_refuses_muon_when_fsdp_shards_the_matrices(tmp_path, monkeypatch):
+    from test_train_resume import make_cfg
+
+    from pixellm.data.synth import write_synth
+    from pixellm.train import fsdp
+    from pixellm.train.trainer import Trainer
+
+    write_synth(tmp_path / "data", {"train": 4, "val": 2}, seed=0)
+    # a one-process stand-in for an FSDP launch: the check must fire before any optimizer exists
+    monkeypatch.setattr(fsdp, "requested", lambda accelerator: True)
+    monkeypatch.setattr(fsdp, "shard_model", lambda *args, **kwargs: None)
+    cfg = make_cfg(tmp_path / "data", tmp_path / "run", optim={"name": "muon"})
+    with pytest.raises(ConfigError, match="optim.name: muon orthogonalises whole weight matrices"):
+        Trainer(cfg).run()
