@@ -36,7 +36,7 @@ def ns_flops(shape: torch.Size, steps: int = 5) -> int:
 
 
 def time_steps(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], steps: int, warmup: int) -> float:
-    """Best and median seconds of ``opt.step()`` (fresh random gradients outside the timing)."""
+    """Median seconds of ``opt.step()`` (fresh random gradients outside the timing)."""
     times = []
     for i in range(warmup + steps):
         for p in params:

@@ -77,7 +77,7 @@ class MuonWithAdamW(torch.optim.AdamW):
             mu, lr, decay = group["momentum"], float(group["lr"]), group["weight_decay"]
             # Matrices of one shape (up to a transpose) are orthogonalised as one batch: the same
             # numbers, fewer and larger matmuls (the demo's update: 29 against 38 ms, 2 threads, AVX2).
-            buckets: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            buckets: dict[tuple, list[tuple[torch.Tensor, bool, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -93,16 +93,15 @@ class MuonWithAdamW(torch.optim.AdamW):
                 nesterov = grad.lerp(buf, mu)
                 wide = p.shape[0] <= p.shape[1]
                 key = (tuple(sorted(p.shape)), nesterov.dtype, nesterov.device)
-                buckets.setdefault(key, []).append((p, nesterov if wide else nesterov.mT))
+                buckets.setdefault(key, []).append((p, wide, nesterov if wide else nesterov.mT))
                 held.append((p, grad))
                 p.grad = None  # AdamW's step skips parameters without a gradient
             for members in buckets.values():
-                updates = orthogonalize(torch.stack([u for _, u in members]))
-                for (p, _), update in zip(members, updates):
+                updates = orthogonalize(torch.stack([u for _, _, u in members]))
+                for (p, wide, _), update in zip(members, updates):
                     if decay:
                         p.mul_(1 - lr * decay)
-                    update = update if p.shape[0] <= p.shape[1] else update.mT
-                    p.add_(update, alpha=-lr * muon_lr_ratio(p.shape))
+                    p.add_(update if wide else update.mT, alpha=-lr * muon_lr_ratio(p.shape))
         try:
             super().step()
         finally:

@@ -47,10 +47,9 @@ def lr_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
         match = max((k for k in lr_scale if name.startswith(k)), key=len, default=None)
         if match is not None:
             used.add(match)
-        muon = p.ndim == 2 and any(name.startswith(k) for k in muon_params)
-        if muon:
-            used_muon.update(k for k in muon_params if name.startswith(k))
-        groups.setdefault((lr_scale[match] if match is not None else 1.0, muon), []).append(p)
+        muon_hits = [k for k in muon_params if name.startswith(k)] if p.ndim == 2 else []
+        used_muon.update(muon_hits)
+        groups.setdefault((lr_scale[match] if match is not None else 1.0, bool(muon_hits)), []).append(p)
     unused = sorted(set(lr_scale) - used)
     if unused:
         raise ConfigError(f"train config optim.lr_scale: no trainable parameter name starts with {unused[0]!r}")
