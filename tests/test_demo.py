@@ -53,6 +53,8 @@ def test_demo_writes_metrics_report_examples_and_checkpoint(demo_run):
     assert saved["no_target"]["questions"] == empty
     assert 0 <= saved["no_target"]["answered_right"] <= empty
     assert "No-target questions answered with no target" in report
+    assert "answer word for word" in report
+    assert all("exact_answer" in k["generated"] for k in kinds.values())
 
 
 def test_demo_rerun_reuses_data_and_stage1(demo_run):
@@ -113,3 +115,26 @@ def test_demo_cli_passes_train_questions(monkeypatch, capsys):
     assert main(["demo", "--steps", "3", "--train-questions", "40", "--no-progress"]) == 0
     assert seen["train_questions"] == 40 and seen["steps"] == 3
     assert capsys.readouterr().out.strip().splitlines()[-1] == "gIoU=0.5000 cIoU=0.2500"
+
+
+def test_per_kind_tells_wrong_names_from_wrong_masks():
+    from pixellm.demo import _reference_answers, per_kind
+
+    records = [{"questions": ["q0", "q1"], "question_kinds": ["refer", "position"],
+                "text_answers": ["The red circle {seg}.", "The blue square {seg}."]}]
+    rows = [  # the refer answer is right word for word, the position answer names the wrong shape
+        {"image": 0, "question": 0, "iou": 0.9, "intersection": 9, "union": 10, "gt": 1, "pred": 1,
+         "answer": "The red circle [SEG]."},
+        {"image": 0, "question": 1, "iou": 0.0, "intersection": 0, "union": 10, "gt": 1, "pred": 1,
+         "answer": "The  red circle [SEG]."},
+    ]
+    metrics = {"generated": {"per_sample": rows}}
+    out = per_kind(metrics, {(0, 0): "refer", (0, 1): "position"}, _reference_answers(records))
+    assert out["refer"]["generated"]["exact_answer"] == 1.0
+    assert out["position"]["generated"]["exact_answer"] == 0.0
+    assert out["position"]["generated"]["exact_target_count"] == 1.0
+    assert "per_sample" not in metrics["generated"]
+    # without reference texts (MUSE data has none) the column is left out, not guessed
+    rows_again = [dict(r) for r in rows]
+    bare = per_kind({"generated": {"per_sample": rows_again}}, {(0, 0): "refer", (0, 1): "position"})
+    assert "exact_answer" not in bare["refer"]["generated"]

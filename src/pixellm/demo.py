@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from pixellm.conventions import SEG_MARKER
+from pixellm.data.sample import SEG_PLACEHOLDER
 from pixellm.train.config import DataSource, LoraSettings, OptimSettings, TrainConfig
 from pixellm.train.vision_pretrain import VisionPretrainConfig
 
@@ -191,6 +193,19 @@ def _question_kinds(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]
     }
 
 
+def _reference_answers(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
+    """The synthetic set's answer text per (image, question), with ``[SEG]`` for the placeholder."""
+    return {
+        (i, j): _seg_text(str(answer))
+        for i, rec in enumerate(records)
+        for j, answer in enumerate(rec.get("text_answers", []))
+    }
+
+
+def _seg_text(answer: str) -> str:
+    return " ".join(answer.replace(SEG_PLACEHOLDER, SEG_MARKER).split())
+
+
 def no_target_accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Questions whose ground truth has no target, and how many the model answered with none."""
     empty = [r for r in rows if r["gt"] == 0]
@@ -199,8 +214,11 @@ def no_target_accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "accuracy": right / len(empty) if empty else None}
 
 
-def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str]) -> dict[str, Any]:
-    """gIoU / cIoU / samples per question kind and mode, from the protocol's per-sample rows."""
+def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str],
+             answers: dict[tuple[int, int], str] | None = None) -> dict[str, Any]:
+    """gIoU / cIoU / samples per question kind and mode, from the protocol's per-sample rows.
+    With ``answers`` (the reference answer texts), also the share of answers that are word for
+    word the reference (``exact_answer``): it tells a wrong name (language) from a wrong mask."""
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     for mode in ("generated", "teacher_forced"):
         rows = metrics.get(mode, {}).pop("per_sample", [])
@@ -215,6 +233,10 @@ def per_kind(metrics: dict[str, Any], kinds: dict[tuple[int, int], str]) -> dict
                 "samples": len(rs),
                 "exact_target_count": float(np.mean([r["gt"] == r["pred"] for r in rs])),
             }
+            known = [r for r in rs if answers and (r["image"], r["question"]) in answers]
+            if known:
+                out[kind][mode]["exact_answer"] = float(np.mean(
+                    [_seg_text(r["answer"]) == answers[(r["image"], r["question"])] for r in known]))
     return dict(out)
 
 
@@ -241,7 +263,7 @@ def write_examples(records: list[dict[str, Any]], root: Path, preds: list[dict[s
         h, w = image.height, image.width
         masks = np.stack([decode_rle(m) for m in p["masks"]]) if p["masks"] else np.zeros((0, h, w), bool)
         gt_masks = decode_targets(rec["answers"][p["question"]], h, w)
-        gt_answer = rec.get("text_answers", [""] * len(rec["questions"]))[p["question"]].replace("{seg}", "[SEG]")
+        gt_answer = _seg_text(rec.get("text_answers", [""] * len(rec["questions"]))[p["question"]])
         left, right = overlay(image, masks, p["answer"]), overlay(image, gt_masks, gt_answer)
         gap = 8
         picture = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
@@ -288,19 +310,23 @@ def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, An
         "",
         "## Per question kind (generated / teacher-forced gIoU)",
         "",
-        "| kind | questions | generated gIoU | teacher-forced gIoU | right target count |",
-        "|---|---|---|---|---|",
+        "Right target count and answer word for word: generated answers. A right count with a wrong",
+        "answer names the wrong objects; teacher-forced masks show what the masks alone would score.",
+        "",
+        "| kind | questions | generated gIoU | teacher-forced gIoU | right target count | answer word for word |",
+        "|---|---|---|---|---|---|",
     ]
     for kind, m in metrics["per_kind"].items():
         g, t = m.get("generated", {}), m.get("teacher_forced", {})
+        exact = f"{g['exact_answer']:.2f}" if "exact_answer" in g else "-"
         lines.append(f"| {kind} | {g.get('samples', 0)} | {g.get('gIoU', 0):.3f} | {t.get('gIoU', 0):.3f} | "
-                     f"{g.get('exact_target_count', 0):.2f} |")
+                     f"{g.get('exact_target_count', 0):.2f} | {exact} |")
     lines += ["", "## Examples (prediction left, ground truth right)", ""]
     for name, p in zip(examples, preds):
         q = records[p["image"]]["questions"][p["question"]]
         gt = records[p["image"]]["text_answers"][p["question"]] if "text_answers" in records[p["image"]] else ""
         lines += [f"![{name}](examples/{name})", "", f"- Q: {q}", f"- model: {p['answer']}",
-                  f"- ground truth: {gt.replace('{seg}', '[SEG]')}", ""]
+                  f"- ground truth: {_seg_text(gt)}", ""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -361,7 +387,7 @@ def run_demo(
     generated = [p for p in lines if not p.get("teacher_forced")]
     metrics = evaluate_muse(records, lines, judge="oracle", split="val", details=True)
     metrics["no_target"] = no_target_accuracy(metrics.get("generated", {}).get("per_sample", []))
-    metrics["per_kind"] = per_kind(metrics, _question_kinds(records))
+    metrics["per_kind"] = per_kind(metrics, _question_kinds(records), _reference_answers(records))
     last = result.history[-1] if result.history else {}
     metrics["training"] = {
         "steps": result.step,
