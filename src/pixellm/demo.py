@@ -196,10 +196,16 @@ def _question_kinds(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]
 def _reference_answers(records: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
     """The synthetic set's answer text per (image, question), with ``[SEG]`` for the placeholder."""
     return {
-        (i, j): _seg_text(str(answer))
+        (i, j): _reference_answer(rec, j)
         for i, rec in enumerate(records)
-        for j, answer in enumerate(rec.get("text_answers", []))
+        for j in range(len(rec.get("text_answers", [])))
     }
+
+
+def _reference_answer(record: dict[str, Any], question: int) -> str:
+    """Question ``question``'s reference answer text with ``[SEG]`` markers ("" when the record has none)."""
+    texts = record.get("text_answers")
+    return _seg_text(str(texts[question])) if texts else ""
 
 
 def _seg_text(answer: str) -> str:
@@ -263,7 +269,7 @@ def write_examples(records: list[dict[str, Any]], root: Path, preds: list[dict[s
         h, w = image.height, image.width
         masks = np.stack([decode_rle(m) for m in p["masks"]]) if p["masks"] else np.zeros((0, h, w), bool)
         gt_masks = decode_targets(rec["answers"][p["question"]], h, w)
-        gt_answer = _seg_text(rec.get("text_answers", [""] * len(rec["questions"]))[p["question"]])
+        gt_answer = _reference_answer(rec, p["question"])
         left, right = overlay(image, masks, p["answer"]), overlay(image, gt_masks, gt_answer)
         gap = 8
         picture = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
@@ -324,9 +330,9 @@ def write_report(path: Path, metrics: dict[str, Any], records: list[dict[str, An
     lines += ["", "## Examples (prediction left, ground truth right)", ""]
     for name, p in zip(examples, preds):
         q = records[p["image"]]["questions"][p["question"]]
-        gt = records[p["image"]]["text_answers"][p["question"]] if "text_answers" in records[p["image"]] else ""
+        gt = _reference_answer(records[p["image"]], p["question"])
         lines += [f"![{name}](examples/{name})", "", f"- Q: {q}", f"- model: {p['answer']}",
-                  f"- ground truth: {_seg_text(gt)}", ""]
+                  f"- ground truth: {gt}", ""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
