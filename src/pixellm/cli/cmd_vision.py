@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny-demo", help="random preset whose tower is trained (default tiny-demo)")
     p.add_argument("--steps", type=int, default=None, help="updates (default: the demo recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="images per update (default: the demo recipe's)")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random model and of the image order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
