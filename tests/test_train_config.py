@@ -60,6 +60,22 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_config(bad)
 
 
+def test_warmup_stable_decay_holds_the_peak_until_the_last_fraction():
+    # 1100 steps, 50 warm-up, the last 30% decaying: the demo's schedule
+    factors = [warmup_decay_factor(s, 50, 1100, decay_fraction=0.3) for s in range(1101)]
+    assert factors[0] == pytest.approx(1 / 50) and factors[49] == pytest.approx(1.0)
+    assert all(f == 1.0 for f in factors[50:771])  # the peak until step 770
+    assert factors[935] == pytest.approx(0.5) and factors[1100] == 0.0
+    assert all(a > b for a, b in zip(factors[770:], factors[771:]))  # then strictly down
+    # a fraction longer than what follows the warm-up decays from the end of the warm-up
+    assert warmup_decay_factor(5, 4, 10, decay_fraction=1.0) == warmup_decay_factor(5, 4, 10)
+    assert warmup_decay_factor(4, 4, 10, decay_fraction=0.9) == pytest.approx(1.0)
+    assert warmup_decay_factor(7, 4, 10, decay_fraction=0.9) == pytest.approx(0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="optim.decay_fraction"):
+            TrainConfig(optim=OptimSettings(decay_fraction=bad)).validate()
+
+
 def test_warmup_then_linear_decay():
     assert warmup_decay_factor(0, 4, 10) == pytest.approx(0.25)
     assert warmup_decay_factor(3, 4, 10) == pytest.approx(1.0)

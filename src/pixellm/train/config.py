@@ -60,6 +60,9 @@ class OptimSettings:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    # share of ``steps`` at the end over which the rate decays linearly to 0; 1.0 decays from the
+    # end of warm-up (the released recipe), less holds the peak rate until then
+    decay_fraction: float = 1.0
     grad_clip: float = 1.0
     # Learning-rate multipliers by parameter-name prefix, e.g. {language_model: 0.5, mm_projector:
     # 0.5}; the longest matching prefix wins, other parameters train at ``lr``.
@@ -146,6 +149,8 @@ class TrainConfig:
                 bad(f"optim.lr_scale.{prefix}", f"must be a number > 0, got {scale!r}")
         if self.optim.warmup_steps < 0:
             bad("optim.warmup_steps", "must be >= 0")
+        if not 0 < self.optim.decay_fraction <= 1:
+            bad("optim.decay_fraction", f"must be in (0, 1], got {self.optim.decay_fraction}")
         if not 0 <= self.optim.muon_momentum < 1:
             bad("optim.muon_momentum", f"must be in [0, 1), got {self.optim.muon_momentum}")
         if self.optim.name == "muon" and not self.optim.muon_params:

@@ -12,19 +12,23 @@ from torch.optim.lr_scheduler import LambdaLR
 from pixellm.errors import ConfigError
 
 
-def warmup_decay_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warm-up,
-    then linear from 1 down to 0 at ``total_steps``."""
+def warmup_decay_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: float = 1.0) -> float:
+    """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warm-up, then
+    1 until the last ``decay_fraction`` of ``total_steps`` (never before the warm-up ends), then
+    linear down to 0 at ``total_steps``. ``decay_fraction=1`` decays from the end of warm-up (the
+    authors' WarmupDecayLR); a smaller one holds the peak rate longer (warmup-stable-decay)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    remaining = total_steps - step
-    span = max(1, total_steps - warmup_steps)
-    return max(0.0, remaining / span)
+    decay_start = max(warmup_steps, total_steps - round(decay_fraction * total_steps))
+    if step < decay_start:
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
 
 
-def warmup_decay_lr(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+def warmup_decay_lr(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    decay_fraction: float = 1.0) -> LambdaLR:
     """A ``LambdaLR`` following :func:`warmup_decay_factor` (its state is saved in checkpoints)."""
-    return LambdaLR(optimizer, lambda s: warmup_decay_factor(s, warmup_steps, total_steps))
+    return LambdaLR(optimizer, lambda s: warmup_decay_factor(s, warmup_steps, total_steps, decay_fraction))
 
 
 # Devices with a fused AdamW kernel that we rely on. On a CPU the fused kernel is several times

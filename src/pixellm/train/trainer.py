@@ -244,7 +244,7 @@ class Trainer:
         # FSDP's sharded (DTensor) parameters and DeepSpeed's engine keep the default kernel
         self.optimizer = make_optimizer(groups, o.name, o.lr, tuple(o.betas), o.weight_decay,
                                         fused=not (self.fsdp or self.deepspeed), muon_momentum=o.muon_momentum)
-        self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps)
+        self.scheduler = warmup_decay_lr(self.optimizer, o.warmup_steps, cfg.steps, o.decay_fraction)
         state = self._load_resume_state() if self.resume else None
         if not self.fsdp:
             self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
