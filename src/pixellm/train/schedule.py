@@ -1,6 +1,7 @@
 """The optimizer and its schedule: AdamW (or Muon for hidden matrices with AdamW for the rest,
 ``pixellm.train.muon``), and WarmupDecayLR (the authors' DeepSpeed scheduler): linear warm-up,
-then linear decay to 0."""
+then linear decay to 0, optionally holding the peak rate until the last ``decay_fraction`` of the
+steps."""
 
 from __future__ import annotations
 
