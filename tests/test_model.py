@@ -350,3 +350,31 @@ def test_training_mode_without_full_logits_gives_the_same_losses():
     assert lean.logits is None
     torch.testing.assert_close(lean.ce_loss, full.ce_loss)
     torch.testing.assert_close(lean.loss, full.loss)
+
+
+def test_decoder_features_only_for_images_with_targets_give_the_same_masks_and_grads():
+    """``forward`` computes the neck and detail features only for images with a target (the
+    others have nothing to decode): masks, losses and gradients are those of the full pass."""
+    cfg = small_config(pixel_detail_channels=4)
+    model = build(cfg)
+    model.configure_trainable()
+    size = ((64, 64),) * 4
+    batch = make_batch(cfg, targets=(2, 0, 1, 0), sizes=size, resized=size)
+    out = run(model, batch)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    # every image's decoder features, as generate / predict compute them
+    full = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"])
+    part = model.encode_images(batch["pixel_values"], batch["resized_sizes"], batch["original_sizes"],
+                               decoder_rows=[0, 2])
+    assert torch.allclose(part.decoder[[0, 2]], full.decoder[[0, 2]], atol=1e-6)
+    assert part.decoder[[1, 3]].abs().sum() == 0 and part.detail[[1, 3]].abs().sum() == 0
+    assert torch.allclose(part.detail[[0, 2]], full.detail[[0, 2]], atol=1e-6)
+    with torch.no_grad():
+        one = run(model, {k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in batch.items()})
+    assert torch.allclose(out.pred_masks[0], one.pred_masks[0], atol=1e-5)
+    assert set(grads) >= {"image_feature_neck.0.weight", "detail.stem.0.weight"}
+    run(model, batch).loss.backward()
+    for n, g in grads.items():
+        assert torch.allclose(model.get_parameter(n).grad, g, atol=1e-6), n

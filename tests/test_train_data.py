@@ -107,3 +107,51 @@ def test_packing_keeps_records_apart_and_order(tmp_path):
         from pixellm.train.config import TrainConfig
 
         TrainConfig(data=[DataSource(path="x.json", pack_turns=0)]).validate()
+
+
+def test_text_only_source_trains_answers_without_reading_or_decoding_masks(tmp_path):
+    """``DataSource.masks: false``: the answers (codebook tokens included) are supervised as text,
+    the masks are never read (a missing mask file does not matter), and the model decodes no
+    target for those samples: their masks add nothing to the mask loss."""
+    import torch
+
+    from pixellm.build import build_pixellm
+    from pixellm.data.synth import write_synth
+    from pixellm.processing.conversation import IGNORE_INDEX
+
+    write_synth(tmp_path, {"train": 12}, seed=1)
+    records = json.loads((tmp_path / "train.json").read_text())
+    for r in records:  # masks that cannot be read: a text-only source never reads them
+        for a in r["ann_list"]:
+            a["segmentation"] = {"size": [1, 1], "counts": "bad"}
+    (tmp_path / "text.json").write_text(json.dumps(records))
+    model, processor = build_pixellm("tiny", max_length=320)
+    path, text = str(tmp_path / "train.json"), str(tmp_path / "text.json")
+    ds, _ = build_training_data([DataSource(name="s", kind="synth", path=path),
+                                 DataSource(name="t", kind="synth", path=text, masks=False)], processor, seed=0)
+    n = len(ds.sources[0])
+    with_targets = [i for i in range(n) if ds.sources[0][i].num_seg > 0][:2]
+    pairs = [(i, n + i) for i in with_targets]  # the same answer, with and without masks
+    for full, plain in pairs:
+        a, b = ds[full], ds[plain]
+        assert not b["skips"] and b.get("text_only") and "text_only" not in a
+        # the same answer supervised (the question's paraphrase may differ)
+        assert torch.equal(a["labels"][a["labels"] != IGNORE_INDEX], b["labels"][b["labels"] != IGNORE_INDEX])
+        assert b["masks"] is None and a["masks"].shape[0] == a["num_targets"] > 0
+        assert processor.tokenizer.convert_tokens_to_ids("[SEG0]") in b["labels"][b["labels"] != IGNORE_INDEX]
+    i, j = pairs[0]
+    batch = collate_train([ds[i], ds[j]], processor.pad_token_id)
+    batch.pop("skips")
+    assert batch["gt_masks"][1] is None and batch["gt_masks"][0].shape[0] > 0
+    torch.manual_seed(0)
+    model.eval()
+    out = model(**batch, return_logits=False)
+    assert out.num_targets == [ds[i]["num_targets"], 0] and out.pred_masks[1].shape[0] == 0
+    # the mask loss is sample i's alone; the text loss covers both samples
+    alone = collate_train([ds[i]], processor.pad_token_id)
+    alone.pop("skips")
+    one = model(**alone, return_logits=False)
+    assert torch.allclose(out.mask_loss, one.mask_loss, atol=1e-5)
+    assert not torch.allclose(out.ce_loss, one.ce_loss)
+    out.loss.backward()
+    assert model.mask_decoder.level_embed.weight.grad is not None

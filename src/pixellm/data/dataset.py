@@ -216,15 +216,20 @@ class SegmentationDataset(Dataset):
         image, masks = self.load(sample)
         try:
             if sample.history:  # a packed conversation: every answer supervised
-                return self.encode(image, sample.question, sample.answer, masks, history=sample.history,
-                                   supervise_history=True)
-            return self.encode(image, sample.question, sample.answer, masks)
+                example = self.encode(image, sample.question, sample.answer, masks, history=sample.history,
+                                      supervise_history=True)
+            else:
+                example = self.encode(image, sample.question, sample.answer, masks)
         except (PixelLMError, ValueError) as err:
             raise _Skip("encode_error", str(err)) from err
+        if not sample.supervise_masks:
+            example["text_only"] = True
+        return example
 
     @staticmethod
-    def load(sample: Sample) -> tuple[Any, np.ndarray]:
-        """``(PIL RGB image, masks [K, H, W])`` of a sample, checked; raises ``_Skip``."""
+    def load(sample: Sample) -> tuple[Any, np.ndarray | None]:
+        """``(PIL RGB image, masks [K, H, W])`` of a sample, checked (masks None for a text-only
+        sample); raises ``_Skip``."""
         from pixellm.processing.image_processing import ImageNotFound, ImageTooLarge, load_image
 
         if not sample.image_path:
@@ -238,6 +243,8 @@ class SegmentationDataset(Dataset):
             raise _Skip("image_too_large", str(err)) from err
         except Exception as err:  # PIL raises several types for corrupt files
             raise _Skip("unreadable_image", f"{sample.image_path}: {err}") from err
+        if not sample.supervise_masks:
+            return image, None
         try:
             masks = sample.load_masks()
         except FileNotFoundError as err:

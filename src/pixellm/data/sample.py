@@ -34,6 +34,8 @@ class Sample:
         history: earlier ``(question, answer)`` turns of the same conversation, each answer
             supervised in training like the last one (:func:`pack_conversations`);
             ``load_masks`` then returns the targets of every answer, in order.
+        supervise_masks: False trains the answer as text only: the masks are never loaded and
+            its targets are not decoded (``DataSource.masks``).
     """
 
     image_path: str
@@ -43,6 +45,7 @@ class Sample:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     history: tuple[tuple[str, str], ...] = ()
+    supervise_masks: bool = True
 
     @property
     def num_seg(self) -> int:

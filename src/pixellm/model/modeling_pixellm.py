@@ -195,8 +195,13 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         pixel_values: torch.Tensor,
         resized_sizes: torch.Tensor | None = None,
         original_sizes: torch.Tensor | None = None,
+        decoder_rows: list[int] | None = None,
     ) -> ImageFeatures:
-        """Vision features for the LLM and the decoder from ``pixel_values`` ``B x 3 x S x S``."""
+        """Vision features for the LLM and the decoder from ``pixel_values`` ``B x 3 x S x S``.
+
+        ``decoder_rows``: the images whose pixel-decoder features (neck, detail path) are needed;
+        the other rows of ``decoder`` / ``detail`` are zeros, not computed (training: images with
+        no target to decode, e.g. no-target or text-only answers). None: every image."""
         cfg = self.config
         s = cfg.image_size
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
@@ -215,16 +220,27 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         dtype = self.mm_projector[0].weight.dtype
         llm_tokens = self.mm_projector(self.llm_grid(states[0]).to(dtype))
         hidden = self.out_mm_projector[2].out_features
+        rows = None if decoder_rows is None or len(decoder_rows) == b else torch.as_tensor(
+            decoder_rows, dtype=torch.long, device=pixel_values.device)
+        n = b if rows is None else len(rows)
+
+        def needed(x: torch.Tensor) -> torch.Tensor:
+            return x if rows is None else x[rows]
+
         decoder = torch.stack(
             [
                 self.image_feature_neck(
-                    self.out_mm_projector(x.to(dtype)).transpose(1, 2).reshape(b, hidden, grid, grid)
+                    self.out_mm_projector(needed(x).to(dtype)).transpose(1, 2).reshape(n, hidden, grid, grid)
                 )
                 for x in states
             ],
             dim=1,
         )
-        detail = self.detail.features(pixel_values.to(dtype)) if self.detail is not None else None
+        detail = self.detail.features(needed(pixel_values).to(dtype)) if self.detail is not None else None
+        if rows is not None:  # back to one row per image; the rows not needed stay zero
+            decoder = decoder.new_zeros((b, *decoder.shape[1:])).index_copy(0, rows, decoder)
+            if detail is not None:
+                detail = detail.new_zeros((b, *detail.shape[1:])).index_copy(0, rows, detail)
         return ImageFeatures(llm_tokens, decoder, detail, resized_sizes, original_sizes.to(resized_sizes.device))
 
     def llm_grid(self, patches: torch.Tensor) -> torch.Tensor:
@@ -366,15 +382,17 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         resized_sizes: torch.Tensor | None = None,
         original_sizes: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        gt_masks: list[torch.Tensor] | None = None,
+        gt_masks: list[torch.Tensor | None] | None = None,
         return_logits: bool = True,
         **kwargs,
     ) -> PixelLMOutput:
         """Teacher-forced pass: text loss, mask losses and predicted masks (batch contract in
         ``docs/architecture.md``). ``gt_masks[b]`` must have one mask per codebook group of
-        sample b, in order of appearance. ``return_logits=False`` (training) applies the LM head
-        only where labels are supervised: the full ``B x T x V`` logits are the largest tensor
-        of a step and are not needed for the loss."""
+        sample b, in order of appearance, or be None: sample b is trained as text only (its
+        groups are not decoded and it has no mask loss; ``DataSource.masks``).
+        ``return_logits=False`` (training) applies the LM head only where labels are supervised:
+        the full ``B x T x V`` logits are the largest tensor of a step and are not needed for
+        the loss."""
         cfg = self.config
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be B x T, got {tuple(input_ids.shape)}")
@@ -383,7 +401,20 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             raise InputError(f"pixel_values has {pixel_values.shape[0]} images for {b} sequences")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        features = self.encode_images(pixel_values, resized_sizes, original_sizes)
+        groups, _ = self.codebook_positions(input_ids)
+        if gt_masks is not None:
+            if len(gt_masks) != b:
+                raise InputError(f"gt_masks has {len(gt_masks)} entries for {b} samples")
+            for i, (g, m) in enumerate(zip(groups, gt_masks)):
+                if m is not None and (m.dim() != 3 or m.shape[0] != g.shape[0]):
+                    raise InputError(
+                        f"sample {i}: {g.shape[0]} codebook groups in input_ids but gt_masks has shape "
+                        f"{tuple(m.shape)} (need {g.shape[0]} x H x W)"
+                    )
+            groups = [g if m is not None else g[:0] for g, m in zip(groups, gt_masks)]
+        # The pixel decoder's features only for the images that have a group to decode.
+        features = self.encode_images(pixel_values, resized_sizes, original_sizes,
+                                      decoder_rows=[i for i, g in enumerate(groups) if g.shape[0]])
         embeds = self.embed_inputs(input_ids, features.llm_tokens)
         decoder = self.language_model.get_decoder()
         hidden = decoder(
@@ -395,16 +426,6 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         lm_head = self.get_output_embeddings()
         logits = lm_head(hidden) if return_logits or labels is None else None
 
-        groups, _ = self.codebook_positions(input_ids)
-        if gt_masks is not None:
-            if len(gt_masks) != b:
-                raise InputError(f"gt_masks has {len(gt_masks)} entries for {b} samples")
-            for i, (g, m) in enumerate(zip(groups, gt_masks)):
-                if m.dim() != 3 or m.shape[0] != g.shape[0]:
-                    raise InputError(
-                        f"sample {i}: {g.shape[0]} codebook groups in input_ids but gt_masks has shape "
-                        f"{tuple(m.shape)} (need {g.shape[0]} x H x W)"
-                    )
         num_targets = [int(g.shape[0]) for g in groups]
         # The embedding of a codebook token is the hidden state that predicts it: position - 1.
         pred_masks, seg = self.decode_groups(hidden, [g - 1 for g in groups], features)
@@ -510,10 +531,10 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         )
 
     def mask_loss_terms(
-        self, pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor]
+        self, pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor | None]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target-refinement BCE and dice, averaged over all masks of the batch (one answer =
-        one refinement group)."""
+        one refinement group); samples with no predicted mask (no target, text only) add none."""
         refs, dices = [], []
         for pred, gt in zip(pred_masks, gt_masks):
             if pred.shape[0] == 0:

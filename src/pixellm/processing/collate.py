@@ -34,12 +34,13 @@ def collate(
 
     Each example holds ``input_ids`` [T], optional ``attention_mask`` [T] (default all ones),
     optional ``labels`` [T], ``pixel_values`` [3, S, S], ``resized_size`` [2], ``original_size``
-    [2] and optional ``masks`` [K, H, W].
+    [2], optional ``masks`` [K, H, W] and optional ``text_only`` (True: trained without masks).
 
     Returns:
         ``input_ids`` / ``attention_mask`` / ``labels`` Long [B, T] (padding: pad id / 0 / -100),
         ``pixel_values`` [B, 3, S, S], ``resized_sizes`` / ``original_sizes`` Long [B, 2],
-        ``gt_masks`` list of B tensors [K_b, H_b, W_b] (when examples carry masks), ``skipped``.
+        ``gt_masks`` list of B tensors [K_b, H_b, W_b] (when examples carry masks; None for a
+        text-only example), ``skipped``.
         When every example is None only ``{"skipped": n}`` is returned.
     """
     if padding_side not in ("left", "right"):
@@ -83,10 +84,11 @@ def collate(
     batch["resized_sizes"] = torch.stack([torch.as_tensor(e["resized_size"], dtype=torch.long) for e in kept])
     batch["original_sizes"] = torch.stack([torch.as_tensor(e["original_size"], dtype=torch.long) for e in kept])
 
-    has_masks = [e.get("masks") is not None for e in kept]
+    # text-only examples (``text_only``: trained without their masks) enter gt_masks as None
+    has_masks = [e.get("masks") is not None or bool(e.get("text_only")) for e in kept]
     if any(has_masks):
         if not all(has_masks):
             raise InputError("some examples have masks and some do not; give an empty [0, H, W] mask tensor instead")
-        batch["gt_masks"] = [torch.as_tensor(e["masks"]) for e in kept]
+        batch["gt_masks"] = [None if e.get("text_only") else torch.as_tensor(e["masks"]) for e in kept]
     batch["skipped"] = skipped
     return batch

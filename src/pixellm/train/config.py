@@ -31,7 +31,9 @@ class DataSource:
     ``image_root`` are skipped (``unsafe_path``) unless ``allow_outside_root``. ``pack_turns``:
     up to N consecutive questions about one image (one record) trained as one multi-turn
     conversation, every answer supervised (``data.sample.pack_conversations``); 1 = one
-    question per sequence.
+    question per sequence. ``masks: false`` trains this set's answers as text only (codebook
+    tokens included): its masks are never read, its targets not decoded, so a sample costs the
+    LLM's share of a step only (more questions for the language side; docs/training.md).
     """
 
     name: str = "data"
@@ -41,6 +43,7 @@ class DataSource:
     rate: float = 1.0
     allow_outside_root: bool = False  # accept image names that leave image_root (../, absolute)
     pack_turns: int = 1
+    masks: bool = True
 
 
 @dataclass

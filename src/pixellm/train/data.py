@@ -8,6 +8,7 @@ fixed before training, split across processes, resumable from the micro-step cou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -42,7 +43,10 @@ def load_source(source: DataSource, rng: random.Random) -> tuple[list[Sample], C
     else:
         samples, bad = muse_samples(source.path, source.image_root, rng=rng, source=source.name,
                                     allow_outside_root=source.allow_outside_root)
-    return pack_conversations(samples, source.pack_turns), bad
+    samples = pack_conversations(samples, source.pack_turns)
+    if not source.masks:
+        samples = [dataclasses.replace(s, supervise_masks=False) for s in samples]
+    return samples, bad
 
 
 def collate_train(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -94,7 +98,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         if isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=True)
         elif k == "gt_masks":
-            out[k] = [m.to(device, non_blocking=True) for m in v]
+            out[k] = [None if m is None else m.to(device, non_blocking=True) for m in v]
         else:
             out[k] = v
     return out
