@@ -234,3 +234,19 @@ def test_cli_synth(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--size", "3", "--train", "2", "--quiet"]) == 1
     assert "min_extent" in capsys.readouterr().err
     assert set(SHAPES) == {"circle", "square", "triangle"}
+
+
+def test_cli_synth_text_split_holds_every_kind_but_plain_referring(tmp_path, capsys):
+    from pixellm.data.synth import REASONING_KIND_WEIGHTS
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--train", "6", "--val", "4", "--train-text", "60",
+                 "--quiet"]) == 0
+    assert "train_text 60 questions" in capsys.readouterr().out
+    text = json.loads((tmp_path / "train_text.json").read_text())
+    kinds = {k for r in text for k in r["question_kinds"]}
+    assert "refer" not in kinds and len(kinds) >= 5 and kinds <= set(REASONING_KIND_WEIGHTS)
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert "refer" not in info["split_configs"]["train_text"]["kind_weights"]
+    # its images are distinct from the held-out ones
+    val = json.loads((tmp_path / "val.json").read_text())
+    assert not {r["image_sha1"] for r in text} & {r["image_sha1"] for r in val}

@@ -166,6 +166,18 @@ def test_tiny_yaml_matches_the_demo_recipe(tmp_path):
     assert yaml_cfg == demo
 
 
+def test_tiny_text_yaml_is_the_demo_recipe_plus_a_text_only_split():
+    base = load_config(ROOT / "configs" / "tiny.yaml").to_dict()
+    text = load_config(ROOT / "configs" / "tiny-text.yaml").to_dict()
+    assert text["data"][0] == base["data"][0] and base["data"][0]["masks"] is True
+    assert text["data"][1]["masks"] is False and text["data"][1]["path"].endswith("train_text.json")
+    assert (text["steps"], text["batch_size"], text["effective_batch"]) == (970, 24, 24)
+    for key in ("data", "steps", "batch_size", "effective_batch", "vision_cache_mb", "output_dir", "save_every",
+                "val_every"):
+        base.pop(key), text.pop(key)
+    assert text == base
+
+
 @pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2"])
 def test_accelerate_configs_are_valid_yaml(name):
     import yaml

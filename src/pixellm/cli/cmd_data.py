@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--train", type=int, default=6000, help="training questions (default 6000)")
     synth.add_argument("--val", type=int, default=200, help="held-out questions (default 200)")
     synth.add_argument("--test", type=int, default=0, help="a second held-out split (default none)")
+    synth.add_argument("--train-text", type=int, default=0,
+                       help="a further training split, train_text.json, of every question kind but plain "
+                            "referring, for a text-only data source (masks: false; configs/tiny-text.yaml)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     synth.add_argument("--questions-per-image", type=int, default=2)
@@ -94,12 +98,15 @@ def run_semseg2muse(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from pixellm.data.synth import SynthConfig, write_synth
+    from pixellm.data.synth import REASONING_KIND_WEIGHTS, SynthConfig, write_synth
 
-    splits = {"train": args.train, "val": args.val, "test": args.test}
+    splits = {"train": args.train, "val": args.val, "test": args.test, "train_text": args.train_text}
     splits = {k: v for k, v in splits.items() if v > 0}
     cfg = SynthConfig.for_size(args.size, questions_per_image=args.questions_per_image)
-    info = write_synth(args.out, splits, seed=args.seed, cfg=cfg, progress=not args.quiet)
+    text_cfg = dataclasses.replace(cfg, kind_weights=dict(REASONING_KIND_WEIGHTS))
+    split_configs = {"train_text": text_cfg} if "train_text" in splits else None
+    info = write_synth(args.out, splits, seed=args.seed, cfg=cfg, progress=not args.quiet,
+                       split_configs=split_configs)
     parts = [f"{k} {v['questions']} questions / {v['images']} images" for k, v in info["splits"].items()]
     print(f"wrote {args.out}: " + ", ".join(parts))
     return 0
