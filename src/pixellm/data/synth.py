@@ -85,8 +85,8 @@ KIND_WEIGHTS: dict[str, float] = {
     "except": 0.06,
 }
 # Every kind but plain referring, in the same proportions: a text-only training split
-# (``pixellm data synth --train-text``, ``configs/tiny-text.yaml``), questions for the language
-# side whose answers need the image read (docs/training.md, "The demo", eleventh round).
+# (``pixellm data synth --train-text``), questions for the language side whose answers need the
+# image read (docs/training.md, "The demo", eleventh round).
 REASONING_KIND_WEIGHTS: dict[str, float] = {k: w for k, w in KIND_WEIGHTS.items() if k != "refer"}
 ANSWER_ORDERS = ("category", "left_to_right")
 POSITION_MARGIN = 3.0  # px between centroids so that "leftmost" / "left of" are unambiguous

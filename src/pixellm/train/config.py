@@ -246,7 +246,8 @@ def _parse_scalar(text: str) -> Any:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``a.b.c=value`` entries into a nested dict (``data.0.rate=2`` indexes lists)."""
+    """Set ``a.b.c=value`` entries into a nested dict (``data.0.rate=2`` indexes lists; as the
+    last key, the index one past the end appends: ``data.1={name: b, path: b.json}``)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -266,9 +267,12 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"override {item!r}: {p} is not a mapping")
         last = parts[-1]
         if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
+            if not last.isdigit() or int(last) > len(node):
                 raise ConfigError(f"override {item!r}: no list index {last}")
-            node[int(last)] = _parse_scalar(raw)
+            if int(last) == len(node):
+                node.append(_parse_scalar(raw))
+            else:
+                node[int(last)] = _parse_scalar(raw)
         else:
             node[last] = _parse_scalar(raw)
     return values
