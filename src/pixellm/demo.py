@@ -41,7 +41,7 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
 
     Differences from the 7B recipe, all for a from-scratch model on 2 CPU cores: the
     ``tiny-demo`` preset, no system prompt (it was a fifth of every sequence), lr 2e-3 (1e-3 for the
-    LLM and the image-token projector) held until the last 30% of the steps, Muon for the LLM's
+    LLM and the image-token projector) held until the last 20% of the steps, Muon for the LLM's
     hidden matrices, batch 16
     in one step (no accumulation; more small updates learned more per FLOP than fewer large
     ones), no LoRA, LLM fully trainable, CLIP frozen (after stage 1, ``vision_weights``).
