@@ -378,3 +378,37 @@ def test_decoder_features_only_for_images_with_targets_give_the_same_masks_and_g
     run(model, batch).loss.backward()
     for n, g in grads.items():
         assert torch.allclose(model.get_parameter(n).grad, g, atol=1e-6), n
+
+
+def test_answer_start_weights_mark_the_first_token_of_each_supervised_run():
+    from pixellm.model.modeling_pixellm import answer_start_weights
+
+    supervised = torch.tensor([[False, True, True, False, True, True, True],  # two answers (packed turns)
+                               [True, True, False, False, False, False, False]])
+    weights = answer_start_weights(supervised, 4.0)
+    assert weights.tolist() == [4.0, 1.0, 4.0, 1.0, 1.0, 4.0, 1.0]
+
+
+def test_answer_start_loss_weight_scales_the_first_answer_token_only():
+    cfg = small_config()
+    model = build(cfg)
+    batch = make_batch(cfg, targets=(2, 1))
+    plain = run(model, batch)
+    model.config.answer_start_loss_weight = 3.0
+    weighted = run(model, batch)
+    # the same cross-entropy per token, recomputed from the logits: answer starts count 3 times
+    labels = batch["labels"][:, 1:]
+    supervised = labels != -100
+    per_token = torch.nn.functional.cross_entropy(plain.logits[:, :-1][supervised].float(), labels[supervised],
+                                                  reduction="none")
+    starts = supervised & torch.cat([torch.ones_like(supervised[:, :1]), ~supervised[:, :-1]], dim=1)
+    expected = (per_token + 2.0 * per_token * starts[supervised]).sum() / per_token.numel()
+    torch.testing.assert_close(plain.ce_loss, per_token.mean())
+    torch.testing.assert_close(weighted.ce_loss, expected)
+    assert weighted.ce_loss > plain.ce_loss
+    torch.testing.assert_close(weighted.loss - weighted.ce_loss, plain.loss - plain.ce_loss)  # masks untouched
+    with pytest.raises(ConfigError, match="answer_start_loss_weight"):
+        small_config(answer_start_loss_weight=-1.0)
+    # the demo's preset weights answer starts; the released presets keep the plain mean
+    assert PixelLMConfig.from_preset("tiny-demo").answer_start_loss_weight == 3.0
+    assert PixelLMConfig.from_preset("pixellm-7b").answer_start_loss_weight == 1.0

@@ -42,6 +42,13 @@ from pixellm.model.prompt_encoder import PromptEncoder
 from pixellm.model.vision import FrozenVisionCache, clip_multiscale_features
 
 
+def answer_start_weights(supervised: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per supervised token of ``supervised`` (bool ``B x T``, taken in row order): ``weight`` for
+    the first token of each run of supervised positions (an answer's first word), 1 elsewhere."""
+    starts = supervised & ~F.pad(supervised, (1, 0), value=False)[:, :-1]
+    return torch.where(starts[supervised], weight, 1.0)
+
+
 @dataclass
 class PixelLMOutput(ModelOutput):
     """Output of ``PixelLMForCausalLM.forward``.
@@ -438,10 +445,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                 shift_logits = logits[:, :-1][supervised]
             else:
                 shift_logits = lm_head(hidden[:, :-1][supervised])
-            out.ce_loss = (
-                F.cross_entropy(shift_logits.float(), shift_labels[supervised])
-                if shift_logits.shape[0] else hidden.sum() * 0.0
-            )
+            if not shift_logits.shape[0]:
+                out.ce_loss = hidden.sum() * 0.0
+            elif cfg.answer_start_loss_weight == 1.0:
+                out.ce_loss = F.cross_entropy(shift_logits.float(), shift_labels[supervised])
+            else:
+                per_token = F.cross_entropy(shift_logits.float(), shift_labels[supervised], reduction="none")
+                weights = answer_start_weights(supervised, cfg.answer_start_loss_weight).to(per_token.device)
+                out.ce_loss = (per_token * weights).sum() / per_token.shape[0]
             out.loss = cfg.ce_loss_weight * out.ce_loss
         if gt_masks is not None:
             ref, dice = self.mask_loss_terms(pred_masks, gt_masks)
