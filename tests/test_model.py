@@ -184,8 +184,9 @@ def test_codebook_positions_reports_incomplete_groups():
 
 
 # -- losses and training surface ---------------------------------------------------------------
-def test_gradients_reach_trainable_parts_and_no_frozen_ones():
-    cfg = small_config(pixel_detail_channels=8)
+@pytest.mark.parametrize("from_tokens", [False, True])
+def test_gradients_reach_trainable_parts_and_no_frozen_ones(from_tokens):
+    cfg = small_config(pixel_detail_channels=8, pixel_detail_from_tokens=from_tokens)
     model = build(cfg)
     model.configure_trainable()
     out = run(model, make_batch(cfg, targets=(2, 1)))
@@ -412,3 +413,22 @@ def test_answer_start_loss_weight_scales_the_first_answer_token_only():
     # the demo's preset weights answer starts; the released presets keep the plain mean
     assert PixelLMConfig.from_preset("tiny-demo").answer_start_loss_weight == 3.0
     assert PixelLMConfig.from_preset("pixellm-7b").answer_start_loss_weight == 1.0
+
+
+def test_detail_path_decodes_each_patch_token_to_its_own_pixels():
+    from pixellm.model.detail import PixelDetailPath
+
+    torch.manual_seed(0)
+    path = PixelDetailPath(4, 16, dilations=(), token_dim=12, patch_size=8)  # no blocks: no mixing
+    pixels, tokens = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 12)  # a 4 x 4 patch grid
+    base = path.features(pixels, tokens)
+    bumped = tokens.clone()
+    bumped[1, 6] = torch.randn(12)  # row 1, column 2 of image 1
+    changed = (path.features(pixels, bumped) - base).abs().sum(1) > 1e-6
+    expected = torch.zeros(2, 32, 32, dtype=torch.bool)
+    expected[1, 8:16, 16:24] = True
+    assert torch.equal(changed, expected)
+    with pytest.raises(ValueError, match="pass tokens"):
+        path.features(pixels)
+    with pytest.raises(ConfigError, match="pixel_detail_from_tokens"):
+        small_config(pixel_detail_from_tokens=True)

@@ -64,6 +64,10 @@ class PixelLMConfig(PreTrainedConfig):
         pixel_detail_channels: 0 (released) or the width of an optional full-resolution conv
             path over the input pixels whose features refine the final mask (useful for tiny
             images whose patch grid is coarse).
+        pixel_detail_from_tokens: the detail path also reads the vision tower's patch tokens (the
+            first selected layer), each decoded by a linear map to its patch's pixels, so that its
+            per-pixel features know which object a pixel belongs to, not only its colour (needs
+            ``pixel_detail_channels``; off in the released model).
     """
 
     model_type = "pixellm"
@@ -106,6 +110,7 @@ class PixelLMConfig(PreTrainedConfig):
     decoder_attention_downsample_rate: int = 2
     num_multimask_outputs: int = 3
     pixel_detail_channels: int = 0
+    pixel_detail_from_tokens: bool = False
 
     # losses (Table A.1)
     ce_loss_weight: float = 1.0
@@ -170,6 +175,8 @@ class PixelLMConfig(PreTrainedConfig):
             bad("decoder_dim", "must be divisible by decoder_heads and by 8")
         if self.num_tokens_per_scale < 1:
             bad("num_tokens_per_scale", f"must be >= 1, got {self.num_tokens_per_scale}")
+        if self.pixel_detail_from_tokens and not self.pixel_detail_channels:
+            bad("pixel_detail_from_tokens", "needs the detail path (pixel_detail_channels > 0)")
         if not self.answer_start_loss_weight >= 0:
             bad("answer_start_loss_weight", f"must be >= 0, got {self.answer_start_loss_weight}")
         if self.codebook_token_ids is not None:

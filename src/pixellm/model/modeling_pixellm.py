@@ -170,7 +170,12 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         )
         self.mask_fusion = MaskFusion(config.num_scales, learnable=config.learnable_fusion_weights)
         self.detail = (
-            PixelDetailPath(config.pixel_detail_channels, dim) if config.pixel_detail_channels else None
+            PixelDetailPath(
+                config.pixel_detail_channels, dim,
+                token_dim=config.vision_config.hidden_size if config.pixel_detail_from_tokens else None,
+                patch_size=config.vision_config.patch_size,
+            )
+            if config.pixel_detail_channels else None
         )
         # Set by the trainer while the tower is frozen (``TrainConfig.vision_cache_mb``); not saved.
         self.vision_cache: FrozenVisionCache | None = None
@@ -243,7 +248,10 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             ],
             dim=1,
         )
-        detail = self.detail.features(needed(pixel_values).to(dtype)) if self.detail is not None else None
+        detail = None
+        if self.detail is not None:
+            tokens = needed(states[0]).to(dtype) if cfg.pixel_detail_from_tokens else None
+            detail = self.detail.features(needed(pixel_values).to(dtype), tokens)
         if rows is not None:  # back to one row per image; the rows not needed stay zero
             decoder = decoder.new_zeros((b, *decoder.shape[1:])).index_copy(0, rows, decoder)
             if detail is not None:
