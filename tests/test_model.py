@@ -432,3 +432,6 @@ def test_detail_path_decodes_each_patch_token_to_its_own_pixels():
         path.features(pixels)
     with pytest.raises(ConfigError, match="pixel_detail_from_tokens"):
         small_config(pixel_detail_from_tokens=True)
+    # the demo's preset reads the tokens; the released presets have no detail path at all
+    assert PixelLMConfig.from_preset("tiny-demo").pixel_detail_from_tokens
+    assert not PixelLMConfig.from_preset("pixellm-7b").pixel_detail_from_tokens
