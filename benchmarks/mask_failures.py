@@ -23,11 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-
-def decode(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+from pixellm.data.masks import decode_rle
 
 
 def failures(folder: Path, below: float = 0.5, share: float = 0.1) -> dict:
@@ -41,9 +38,9 @@ def failures(folder: Path, below: float = 0.5, share: float = 0.1) -> dict:
             continue
         record = records[pred["image"]]
         targets = record["answers"][pred["question"]]
-        objects = [(a["category_name"], decode(a["segmentation"])) for a in record["ann_list"]]
+        objects = [(a["category_name"], decode_rle(a["segmentation"])) for a in record["ann_list"]]
         for target, rle in zip(targets, pred["masks"]):
-            gt, mask = decode(target["segmentation"]), decode(rle)
+            gt, mask = decode_rle(target["segmentation"]), decode_rle(rle)
             union = (gt | mask).sum()
             iou = float((gt & mask).sum() / union) if union else 1.0
             ious.append(iou)
