@@ -435,3 +435,37 @@ def test_detail_path_decodes_each_patch_token_to_its_own_pixels():
     # the demo's preset reads the tokens; the released presets have no detail path at all
     assert PixelLMConfig.from_preset("tiny-demo").pixel_detail_from_tokens
     assert not PixelLMConfig.from_preset("pixellm-7b").pixel_detail_from_tokens
+
+
+def test_detail_path_hands_its_blocks_channels_last_gradients():
+    """The per-target gather returns a contiguous gradient; the path converts it to the
+    channels-last layout of its activations (a GELU backward on mixed layouts is ~5x slower)
+    without changing any value."""
+    from pixellm.model import detail as detail_module
+    from pixellm.model.detail import PixelDetailPath
+
+    torch.manual_seed(0)
+    path = PixelDetailPath(4, 16, dilations=(1, 2))
+    pixels = torch.randn(3, 3, 16, 16)
+    layouts = []
+    path.blocks[-1].register_full_backward_hook(
+        lambda mod, grad_in, grad_out: layouts.append(grad_out[0].is_contiguous(memory_format=torch.channels_last)))
+
+    def grads():
+        path.zero_grad()
+        feats = path.features(pixels)
+        gathered = feats[torch.tensor([2, 0, 2])]  # as decode_masks gathers per target
+        path(gathered, torch.randn(3, 16, generator=torch.Generator().manual_seed(1))).square().sum().backward()
+        return {n: p.grad.clone() for n, p in path.named_parameters()}
+
+    converted = grads()
+    assert layouts == [True]
+    apply = detail_module._ChannelsLastGrad.apply
+    try:
+        detail_module._ChannelsLastGrad.apply = lambda x: x
+        plain = grads()
+    finally:
+        detail_module._ChannelsLastGrad.apply = apply
+    assert layouts == [True, False]  # without it the blocks would get the gather's layout
+    for name in plain:
+        torch.testing.assert_close(converted[name], plain[name], rtol=1e-5, atol=1e-6)

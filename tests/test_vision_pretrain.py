@@ -13,12 +13,15 @@ from pixellm.data.synth import SynthConfig, write_synth
 from pixellm.demo import _split_dense, largest_object_shape, shape_probe
 from pixellm.model.configuration_pixellm import PixelLMConfig
 from pixellm.train.vision_pretrain import (
+    IGNORE,
     DensePixelHead,
     VisionPretrainConfig,
     cached_result,
+    dense_loss,
     dense_set_from_muse,
     pretrain_vision_tower,
     save_pretrained_tower,
+    to_patches,
 )
 
 
@@ -33,6 +36,37 @@ def test_dense_head_maps_each_token_to_its_own_pixels():
     # every patch repeats the same 2 x 2 pattern per class, laid out row-major
     assert torch.equal(out[0, 1, :2, :2], torch.tensor([[4.0, 5.0], [6.0, 7.0]]))
     assert torch.equal(out[0, 2, 2:, 2:], torch.tensor([[8.0, 9.0], [10.0, 11.0]]))
+
+
+def test_dense_loss_per_patch_equals_the_loss_on_the_image_layout():
+    """The stage-1 loss is computed in the head's per-patch layout; it is the per-pixel CE plus
+    the object pixels' geometry MSE of the image layout, value and gradients."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    k, patch = 5, 4
+    head = DensePixelHead(dim=16, num_classes=k + 3, patch=patch)
+    tokens = torch.randn(2, 16, 16, requires_grad=True)  # a 4 x 4 grid of 4 x 4 patches
+    labels = torch.randint(0, k, (2, 16, 16))
+    labels[1, 12:] = IGNORE  # padding rows
+    geometry = torch.rand(2, 3, 16, 16)
+    assert torch.equal(to_patches(labels, patch)[5], labels[0, 4:8, 4:8].reshape(-1))  # patch (1, 1)
+    assert torch.equal(to_patches(geometry, patch)[16 + 2], geometry[1, :, 0:4, 8:12].reshape(3, -1))
+
+    out = head(tokens)
+    objects = (labels > 0)[:, None].expand_as(geometry)
+    expected = F.cross_entropy(out[:, :k], labels, ignore_index=IGNORE) + 0.7 * F.mse_loss(
+        out[:, k:][objects], geometry[objects])
+    got = dense_loss(head, tokens, to_patches(labels, patch), to_patches(geometry, patch), 0.7)
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(torch.autograd.grad(got, [tokens, head.proj.weight]),
+                    torch.autograd.grad(expected, [tokens, head.proj.weight])):
+        torch.testing.assert_close(a, b)
+    # no object pixel: the class term alone
+    background = torch.zeros_like(labels)
+    torch.testing.assert_close(
+        dense_loss(head, tokens, to_patches(background, patch), to_patches(geometry, patch), 0.7),
+        F.cross_entropy(out[:, :k], background))
 
 
 def test_dense_set_labels_follow_the_annotations(tmp_path):

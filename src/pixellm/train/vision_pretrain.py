@@ -150,6 +150,43 @@ class DensePixelHead(nn.Module):
         x = self.proj(tokens).reshape(b, g, g, k, p, p)
         return x.permute(0, 3, 1, 4, 2, 5).reshape(b, k, g * p, g * p)
 
+    def per_patch(self, tokens: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """Values ``first:last`` of the K, in the tokens' own layout: ``B x G*G x C`` ->
+        ``B*G*G x (last - first) x p*p`` (no pixel shuffle; compare with :func:`to_patches`)."""
+        b, n, _ = tokens.shape
+        rows = slice(first * self.patch**2, last * self.patch**2)
+        out = F.linear(tokens, self.proj.weight[rows], self.proj.bias[rows])
+        return out.reshape(b * n, last - first, self.patch**2)
+
+
+def to_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``B x [K x] S x S`` -> ``B*G*G x [K x] p*p``: each patch's pixels, row-major, in the order
+    of :meth:`DensePixelHead.per_patch` (G = S / p)."""
+    b, s = x.shape[0], x.shape[-1]
+    g = s // patch
+    lead = x.shape[1:-2]
+    x = x.reshape(b, *lead, g, patch, g, patch)
+    k = len(lead)  # 0 or 1
+    order = (0, k + 1, k + 3, *range(1, k + 1), k + 2, k + 4)
+    return x.permute(order).reshape(b * g * g, *lead, patch * patch)
+
+
+def dense_loss(head: DensePixelHead, tokens: torch.Tensor, labels: torch.Tensor, geometry: torch.Tensor,
+               geometry_weight: float) -> torch.Tensor:
+    """Stage 1's loss for one layer: per-pixel class CE plus ``geometry_weight`` x the MSE of the
+    centroid / size values over object pixels. ``labels`` / ``geometry`` come from
+    :func:`to_patches`: the loss is computed per patch, where the head's output lies, so that
+    neither the logits nor their gradients are shuffled into the image layout and back (the
+    stage's step 88 against 92 ms, docs/training.md)."""
+    k = head.num_classes - 3
+    loss = F.cross_entropy(head.per_patch(tokens, 0, k), labels, ignore_index=IGNORE)
+    objects = (labels > 0)[:, None].to(geometry.dtype)
+    count = objects.sum() * 3
+    if count > 0:
+        err = head.per_patch(tokens, k, k + 3) - geometry
+        loss = loss + geometry_weight * (err.square() * objects).sum() / count
+    return loss
+
 
 @dataclass
 class VisionPretrainResult:
@@ -203,14 +240,8 @@ def pretrain_vision_tower(
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
         feats = _features(tower, data.pixel_values[idx], data.resized_sizes[idx], select_layers,
                           pos_interpolation, image_size)
-        target, geometry = data.labels[idx], data.geometry[idx].float()
-        objects = (target > 0)[:, None].expand_as(geometry)
-        loss = 0.0
-        for f, head in zip(feats, heads):
-            out = head(f)
-            loss = loss + F.cross_entropy(out[:, :k], target, ignore_index=IGNORE)
-            if bool(objects.any()):
-                loss = loss + cfg.geometry_weight * F.mse_loss(out[:, k:][objects], geometry[objects])
+        target, geometry = to_patches(data.labels[idx], patch), to_patches(data.geometry[idx].float(), patch)
+        loss = sum(dense_loss(head, f, target, geometry, cfg.geometry_weight) for f, head in zip(feats, heads))
         loss = loss / len(heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -234,9 +265,11 @@ def pretrain_vision_tower(
 
 
 def llm_grid_features(model, pixel_values: torch.Tensor, resized_sizes: torch.Tensor,
-                      batch_size: int = 256) -> torch.Tensor:
+                      batch_size: int = 64) -> torch.Tensor:
     """What the LLM reads of each image before the projector (``model.llm_grid`` of the first
-    selected layer), flattened: ``N x g*g*C``."""
+    selected layer), flattened: ``N x g*g*C``. Batches of 64: at 256 the tiny tower's MLP
+    activations (256 x 65 x 512 floats, 34 MB) pass glibc's 32 MB mmap limit, so every one is a
+    fresh mapping whose pages fault in (4000 images: 4.8 s instead of 7.2-8.5 s, docs/training.md)."""
     cfg = model.config
     out = []
     with torch.no_grad():
