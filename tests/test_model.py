@@ -381,6 +381,102 @@ def test_decoder_features_only_for_images_with_targets_give_the_same_masks_and_g
         assert torch.allclose(model.get_parameter(n).grad, g, atol=1e-6), n
 
 
+def test_full_size_images_decode_and_score_in_one_batch_with_the_per_image_numbers(monkeypatch):
+    """When every image is S x S, ``predict_masks`` resizes all masks at once and
+    ``mask_loss_terms`` scores them in one call: the masks, losses and gradients of the per-image
+    steps (forced here), for a batch with an image that has no target."""
+    from pixellm.model.modeling_pixellm import ImageFeatures
+
+    cfg = small_config(pixel_detail_channels=4)
+    model = build(cfg)
+    model.configure_trainable()
+    size = ((64, 64),) * 3
+    batch = make_batch(cfg, targets=(2, 0, 3), sizes=size, resized=size)
+
+    def losses_and_grads():
+        model.zero_grad()
+        out = run(model, batch)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    batched, grads = losses_and_grads()
+    with torch.no_grad():  # the batched path ran
+        assert model.encode_images(batch["pixel_values"], batch["resized_sizes"]).all_full_size(cfg.image_size)
+    monkeypatch.setattr(ImageFeatures, "all_full_size", lambda self, size: False)
+    # mask_loss_terms' per-sample path runs when the masks differ in size; score per sample here
+    per_image, grads_ref = losses_and_grads()
+    assert [m.shape for m in batched.pred_masks] == [(2, 64, 64), (0, 64, 64), (3, 64, 64)]
+    for a, b in zip(batched.pred_masks, per_image.pred_masks):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    from pixellm.losses import dice_per_mask, refinement_bce_per_mask
+
+    preds = [p for p in per_image.pred_masks if p.shape[0]]
+    gts = [g.float() for g in batch["gt_masks"] if g is not None and g.shape[0]]
+    alpha = cfg.refinement_alpha
+    ref = torch.cat([refinement_bce_per_mask(p, g, [p.shape[0]], alpha) for p, g in zip(preds, gts)]).mean()
+    dice = torch.cat([dice_per_mask(p, g) for p, g in zip(preds, gts)]).mean()
+    torch.testing.assert_close(batched.ref_loss, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(batched.dice_loss, dice, rtol=1e-6, atol=1e-7)
+    assert set(grads) == set(grads_ref) and "detail.stem.0.weight" in grads
+    for n, g in grads.items():
+        torch.testing.assert_close(g, grads_ref[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_mask_losses_of_masks_of_different_sizes_are_scored_per_sample():
+    cfg = small_config()
+    model = build(cfg)
+    preds = [torch.randn(2, 8, 8), torch.randn(0, 4, 4), torch.randn(1, 4, 6)]
+    gts = [(torch.rand(2, 8, 8) > 0.5), None, (torch.rand(1, 4, 6) > 0.5)]
+    gts[1] = torch.zeros(0, 4, 4)
+    ref, dice = model.mask_loss_terms(preds, gts)
+    from pixellm.losses import dice_per_mask, refinement_bce_per_mask
+
+    alpha = cfg.refinement_alpha
+    want_ref = torch.cat([refinement_bce_per_mask(preds[i], gts[i].float(), [preds[i].shape[0]], alpha)
+                          for i in (0, 2)]).mean()
+    want_dice = torch.cat([dice_per_mask(preds[i], gts[i].float()) for i in (0, 2)]).mean()
+    torch.testing.assert_close(ref, want_ref)
+    torch.testing.assert_close(dice, want_dice)
+
+
+def test_sample_targets_keeps_at_most_cap_targets_with_their_own_masks():
+    from pixellm.model.modeling_pixellm import sample_targets
+
+    groups = [torch.arange(12).reshape(2, 6), torch.zeros(0, 6, dtype=torch.long), torch.arange(100, 118).reshape(3, 6)]
+    # each mask is filled with its group's first position, so a mask can be matched to its group
+    masks = [g[:, :1, None].expand(-1, 4, 4).float() for g in groups]
+    masks[1] = None
+    same_g, same_m = sample_targets(groups, masks, 5)
+    assert same_g is groups and same_m is masks  # 5 targets, cap 5: nothing dropped
+    torch.manual_seed(0)
+    g1, m1 = sample_targets(groups, masks, 3)
+    assert sum(g.shape[0] for g in g1) == 3 and m1[1] is None and g1[1].shape == (0, 6)
+    for g, m in zip(g1, m1):
+        if m is not None:
+            assert m.shape[0] == g.shape[0] and torch.equal(m[:, 0, 0], g[:, 0].float())
+            assert torch.all(g[1:, 0] > g[:-1, 0])  # answer order kept
+    torch.manual_seed(0)
+    g2, _ = sample_targets(groups, masks, 3)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))  # torch's generator decides
+
+
+def test_mask_loss_max_targets_decodes_a_subset_in_training_only():
+    cfg = small_config(mask_loss_max_targets=2)
+    model = build(cfg)
+    batch = make_batch(cfg, targets=(2, 0, 3), sizes=((64, 64),) * 3, resized=((64, 64),) * 3)
+    model.train()
+    torch.manual_seed(0)
+    out = model(**batch)
+    assert sum(out.num_targets) == 2 and sum(m.shape[0] for m in out.pred_masks) == 2
+    assert torch.isfinite(out.loss) and torch.isfinite(out.mask_loss)
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.num_targets == [2, 0, 3]
+    with pytest.raises(ConfigError, match="mask_loss_max_targets"):
+        small_config(mask_loss_max_targets=-1)
+
+
 def test_answer_start_weights_mark_the_first_token_of_each_supervised_run():
     from pixellm.model.modeling_pixellm import answer_start_weights
 

@@ -96,6 +96,25 @@ class PixelLMGenerateOutput(ModelOutput):
     seg_embeddings: torch.Tensor | None = None
 
 
+def sample_targets(
+    groups: list[torch.Tensor], gt_masks: list[torch.Tensor | None], cap: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """At most ``cap`` of a batch's targets (codebook groups with their masks), drawn uniformly
+    with torch's generator (so a seeded run, and its resume, draws the same ones); the others are
+    neither decoded nor scored. Samples keep their order, their targets stay in answer order."""
+    sizes = [int(g.shape[0]) for g in groups]
+    total = sum(sizes)
+    if total <= cap:
+        return groups, gt_masks
+    keep = torch.zeros(total, dtype=torch.bool)
+    keep[torch.randperm(total)[:cap]] = True
+    out_groups, out_masks = [], []
+    for g, m, k in zip(groups, gt_masks, keep.split(sizes)):
+        out_groups.append(g[k])
+        out_masks.append(None if m is None else m[k.to(m.device)])
+    return out_groups, out_masks
+
+
 @dataclass
 class ImageFeatures:
     """One vision pass, shared by the LLM (``llm_tokens``) and the pixel decoder."""
@@ -105,6 +124,11 @@ class ImageFeatures:
     detail: torch.Tensor | None  # B x D x S x S (detail path) or None
     resized_sizes: torch.Tensor  # B x 2
     original_sizes: torch.Tensor  # B x 2
+
+    def all_full_size(self, size: int) -> bool:
+        """Whether every image was resized to, and comes from, ``size x size`` (nothing to crop or
+        resize back)."""
+        return bool((self.resized_sizes == size).all()) and bool((self.original_sizes == size).all())
 
     def select(self, index: torch.Tensor | list[int]) -> ImageFeatures:
         index = torch.as_tensor(index, dtype=torch.long, device=self.decoder.device)
@@ -366,6 +390,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         if seg_embeddings.shape[0]:
             detail = features.detail[image_index] if self.detail is not None else None
             low, detail_term = self.decode_masks(features.decoder[image_index], seg_embeddings, detail)
+            if features.all_full_size(s) and bool((image_index[1:] >= image_index[:-1]).all()):
+                # Every image at S x S and the targets in image order (as decode_groups gives them):
+                # the per-image steps below reduce to one resize and one split, the same numbers.
+                m = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)
+                if detail_term is not None:
+                    m = m + detail_term
+                counts = torch.bincount(image_index, minlength=b).tolist()
+                return list(m[:, 0].split(counts))
         for i in range(b):
             h, w = (int(v) for v in features.resized_sizes[i])
             oh, ow = (int(v) for v in features.original_sizes[i])
@@ -427,6 +459,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                         f"{tuple(m.shape)} (need {g.shape[0]} x H x W)"
                     )
             groups = [g if m is not None else g[:0] for g, m in zip(groups, gt_masks)]
+            if self.training and cfg.mask_loss_max_targets:
+                groups, gt_masks = sample_targets(groups, gt_masks, cfg.mask_loss_max_targets)
         # The pixel decoder's features only for the images that have a group to decode.
         features = self.encode_images(pixel_values, resized_sizes, original_sizes,
                                       decoder_rows=[i for i, g in enumerate(groups) if g.shape[0]])
@@ -554,20 +588,27 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target-refinement BCE and dice, averaged over all masks of the batch (one answer =
         one refinement group); samples with no predicted mask (no target, text only) add none."""
-        refs, dices = [], []
+        preds, gts = [], []
         for pred, gt in zip(pred_masks, gt_masks):
             if pred.shape[0] == 0:
                 continue
             gt = gt.to(pred.device, torch.float32)
             if gt.shape != pred.shape:
                 raise InputError(f"gt mask shape {tuple(gt.shape)} != predicted {tuple(pred.shape)}")
-            refs.append(refinement_bce_per_mask(pred, gt, [pred.shape[0]], alpha=self.config.refinement_alpha))
-            dices.append(dice_per_mask(pred, gt))
-        if not refs:
+            preds.append(pred)
+            gts.append(gt)
+        if not preds:
             # Keep the decoder in the graph (DDP expects every trainable parameter to get a grad).
             zero = sum(p.sum() for p in self.mask_decoder.parameters() if p.requires_grad) * 0.0
             return zero, zero
-        return torch.cat(refs).mean(), torch.cat(dices).mean()
+        alpha = self.config.refinement_alpha
+        if len({tuple(p.shape[1:]) for p in preds}) == 1:
+            # One size for all (the usual case): one call, the answers as refinement groups.
+            pred, gt = torch.cat(preds), torch.cat(gts)
+            return (refinement_bce_per_mask(pred, gt, [p.shape[0] for p in preds], alpha=alpha).mean(),
+                    dice_per_mask(pred, gt).mean())
+        refs = [refinement_bce_per_mask(p, g, [p.shape[0]], alpha=alpha) for p, g in zip(preds, gts)]
+        return torch.cat(refs).mean(), torch.cat([dice_per_mask(p, g) for p, g in zip(preds, gts)]).mean()
 
     # -- training setup ------------------------------------------------------------------------
     def configure_trainable(self, train_embeddings: bool = True) -> None:
