@@ -439,44 +439,6 @@ def test_mask_losses_of_masks_of_different_sizes_are_scored_per_sample():
     torch.testing.assert_close(dice, want_dice)
 
 
-def test_sample_targets_keeps_at_most_cap_targets_with_their_own_masks():
-    from pixellm.model.modeling_pixellm import sample_targets
-
-    groups = [torch.arange(12).reshape(2, 6), torch.zeros(0, 6, dtype=torch.long), torch.arange(100, 118).reshape(3, 6)]
-    # each mask is filled with its group's first position, so a mask can be matched to its group
-    masks = [g[:, :1, None].expand(-1, 4, 4).float() for g in groups]
-    masks[1] = None
-    same_g, same_m = sample_targets(groups, masks, 5)
-    assert same_g is groups and same_m is masks  # 5 targets, cap 5: nothing dropped
-    torch.manual_seed(0)
-    g1, m1 = sample_targets(groups, masks, 3)
-    assert sum(g.shape[0] for g in g1) == 3 and m1[1] is None and g1[1].shape == (0, 6)
-    for g, m in zip(g1, m1):
-        if m is not None:
-            assert m.shape[0] == g.shape[0] and torch.equal(m[:, 0, 0], g[:, 0].float())
-            assert torch.all(g[1:, 0] > g[:-1, 0])  # answer order kept
-    torch.manual_seed(0)
-    g2, _ = sample_targets(groups, masks, 3)
-    assert all(torch.equal(a, b) for a, b in zip(g1, g2))  # torch's generator decides
-
-
-def test_mask_loss_max_targets_decodes_a_subset_in_training_only():
-    cfg = small_config(mask_loss_max_targets=2)
-    model = build(cfg)
-    batch = make_batch(cfg, targets=(2, 0, 3), sizes=((64, 64),) * 3, resized=((64, 64),) * 3)
-    model.train()
-    torch.manual_seed(0)
-    out = model(**batch)
-    assert sum(out.num_targets) == 2 and sum(m.shape[0] for m in out.pred_masks) == 2
-    assert torch.isfinite(out.loss) and torch.isfinite(out.mask_loss)
-    model.eval()
-    with torch.no_grad():
-        out = model(**batch)
-    assert out.num_targets == [2, 0, 3]
-    with pytest.raises(ConfigError, match="mask_loss_max_targets"):
-        small_config(mask_loss_max_targets=-1)
-
-
 def test_answer_start_weights_mark_the_first_token_of_each_supervised_run():
     from pixellm.model.modeling_pixellm import answer_start_weights
 

@@ -119,9 +119,6 @@ class PixelLMConfig(PreTrainedConfig):
     answer_start_loss_weight: float = 1.0
     ref_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
-    # training only: decode and score at most this many of a batch's targets, drawn at random each
-    # step (their answers' text is trained in full); 0 = every target, as released
-    mask_loss_max_targets: int = 0
     refinement_alpha: float = 2.0
 
     # LoRA (applied by the trainer through peft; recorded here when active so that
@@ -180,8 +177,6 @@ class PixelLMConfig(PreTrainedConfig):
             bad("num_tokens_per_scale", f"must be >= 1, got {self.num_tokens_per_scale}")
         if self.pixel_detail_from_tokens and not self.pixel_detail_channels:
             bad("pixel_detail_from_tokens", "needs the detail path (pixel_detail_channels > 0)")
-        if self.mask_loss_max_targets < 0:
-            bad("mask_loss_max_targets", f"must be >= 0 (0 = every target), got {self.mask_loss_max_targets}")
         if not self.answer_start_loss_weight >= 0:
             bad("answer_start_loss_weight", f"must be >= 0, got {self.answer_start_loss_weight}")
         if self.codebook_token_ids is not None:

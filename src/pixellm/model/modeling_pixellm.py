@@ -96,25 +96,6 @@ class PixelLMGenerateOutput(ModelOutput):
     seg_embeddings: torch.Tensor | None = None
 
 
-def sample_targets(
-    groups: list[torch.Tensor], gt_masks: list[torch.Tensor | None], cap: int
-) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """At most ``cap`` of a batch's targets (codebook groups with their masks), drawn uniformly
-    with torch's generator (so a seeded run, and its resume, draws the same ones); the others are
-    neither decoded nor scored. Samples keep their order, their targets stay in answer order."""
-    sizes = [int(g.shape[0]) for g in groups]
-    total = sum(sizes)
-    if total <= cap:
-        return groups, gt_masks
-    keep = torch.zeros(total, dtype=torch.bool)
-    keep[torch.randperm(total)[:cap]] = True
-    out_groups, out_masks = [], []
-    for g, m, k in zip(groups, gt_masks, keep.split(sizes)):
-        out_groups.append(g[k])
-        out_masks.append(None if m is None else m[k.to(m.device)])
-    return out_groups, out_masks
-
-
 @dataclass
 class ImageFeatures:
     """One vision pass, shared by the LLM (``llm_tokens``) and the pixel decoder."""
@@ -459,8 +440,6 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                         f"{tuple(m.shape)} (need {g.shape[0]} x H x W)"
                     )
             groups = [g if m is not None else g[:0] for g, m in zip(groups, gt_masks)]
-            if self.training and cfg.mask_loss_max_targets:
-                groups, gt_masks = sample_targets(groups, gt_masks, cfg.mask_loss_max_targets)
         # The pixel decoder's features only for the images that have a group to decode.
         features = self.encode_images(pixel_values, resized_sizes, original_sizes,
                                       decoder_rows=[i for i, g in enumerate(groups) if g.shape[0]])
