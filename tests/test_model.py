@@ -426,8 +426,7 @@ def test_mask_losses_of_masks_of_different_sizes_are_scored_per_sample():
     cfg = small_config()
     model = build(cfg)
     preds = [torch.randn(2, 8, 8), torch.randn(0, 4, 4), torch.randn(1, 4, 6)]
-    gts = [(torch.rand(2, 8, 8) > 0.5), None, (torch.rand(1, 4, 6) > 0.5)]
-    gts[1] = torch.zeros(0, 4, 4)
+    gts = [torch.rand(2, 8, 8) > 0.5, torch.zeros(0, 4, 4), torch.rand(1, 4, 6) > 0.5]
     ref, dice = model.mask_loss_terms(preds, gts)
     from pixellm.losses import dice_per_mask, refinement_bce_per_mask
 
