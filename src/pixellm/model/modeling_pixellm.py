@@ -31,7 +31,7 @@ from transformers.utils import ModelOutput
 
 from pixellm.conventions import find_codebook_groups, grid_valid_mask
 from pixellm.errors import InputError
-from pixellm.losses import dice_per_mask, refinement_bce_per_mask
+from pixellm.losses import dice_per_mask, mask_losses, refinement_bce_per_mask
 from pixellm.model.codebook import TokenFusion, build_text_hidden_fcs
 from pixellm.model.configuration_pixellm import PixelLMConfig
 from pixellm.model.detail import PixelDetailPath
@@ -583,9 +583,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         alpha = self.config.refinement_alpha
         if len({tuple(p.shape[1:]) for p in preds}) == 1:
             # One size for all (the usual case): one call, the answers as refinement groups.
-            pred, gt = torch.cat(preds), torch.cat(gts)
-            return (refinement_bce_per_mask(pred, gt, [p.shape[0] for p in preds], alpha=alpha).mean(),
-                    dice_per_mask(pred, gt).mean())
+            losses = mask_losses(torch.cat(preds), torch.cat(gts), [p.shape[0] for p in preds], alpha=alpha)
+            return losses["ref"], losses["dice"]
         refs = [refinement_bce_per_mask(p, g, [p.shape[0]], alpha=alpha) for p, g in zip(preds, gts)]
         return torch.cat(refs).mean(), torch.cat([dice_per_mask(p, g) for p, g in zip(preds, gts)]).mean()
 
