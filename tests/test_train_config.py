@@ -65,12 +65,12 @@ def test_missing_and_invalid_yaml(tmp_path):
 
 
 def test_warmup_stable_decay_holds_the_peak_until_the_last_fraction():
-    # 1100 steps, 50 warm-up, the last 20% decaying: the demo's schedule
-    factors = [warmup_decay_factor(s, 50, 1100, decay_fraction=0.2) for s in range(1101)]
+    # 1300 steps, 50 warm-up, the last 20% decaying: the demo's schedule
+    factors = [warmup_decay_factor(s, 50, 1300, decay_fraction=0.2) for s in range(1301)]
     assert factors[0] == pytest.approx(1 / 50) and factors[49] == pytest.approx(1.0)
-    assert all(f == 1.0 for f in factors[50:881])  # the peak until step 880
-    assert factors[990] == pytest.approx(0.5) and factors[1100] == 0.0
-    assert all(a > b for a, b in zip(factors[880:], factors[881:]))  # then strictly down
+    assert all(f == 1.0 for f in factors[50:1041])  # the peak until step 1040
+    assert factors[1170] == pytest.approx(0.5) and factors[1300] == 0.0
+    assert all(a > b for a, b in zip(factors[1040:], factors[1041:]))  # then strictly down
     # a fraction longer than what follows the warm-up decays from the end of the warm-up
     assert warmup_decay_factor(5, 4, 10, decay_fraction=1.0) == warmup_decay_factor(5, 4, 10)
     assert warmup_decay_factor(4, 4, 10, decay_fraction=0.9) == pytest.approx(1.0)

@@ -31,7 +31,7 @@ from pixellm.train.vision_pretrain import VisionPretrainConfig
 # Demo sizes: training questions and held-out questions of the synthetic set.
 TRAIN_QUESTIONS = 8000
 VAL_QUESTIONS = 200
-DEMO_STEPS = 1100
+DEMO_STEPS = 1300
 NUM_EXAMPLES = 8
 DEMO_VISION = VisionPretrainConfig()  # stage 1: its defaults are the demo's recipe
 
@@ -59,7 +59,7 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         max_length=192,
         system_prompt="",
         # the frozen stage-1 tower's features of the 4,000 training images (~260 MiB): each image
-        # comes back ~4 times in 1100 x 16 questions
+        # comes back ~5 times in 1300 x 16 questions
         vision_cache_mb=512,
         # the LLM and its image-token projector at half the rate: over 5 seeds the answers that need
         # a named object looked up (absent, same colour / shape) gained, and no-target questions
