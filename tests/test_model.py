@@ -89,9 +89,9 @@ def test_tiny_preset_is_small_and_runs():
     assert torch.isfinite(out.loss)
 
 
-def test_tiny_demo_llm_starts_at_its_width_scale():
+def test_tiny_demo_starts_its_llm_at_width_scale_and_reads_one_scale():
     """The demo's 128-wide LLM is initialised at 1/sqrt(width), not LLaMA's 0.02 (which the released
-    presets keep; their weights are loaded anyway)."""
+    presets keep; their weights are loaded anyway), and its mask decoder reads one scale."""
     from pixellm.build import build_pixellm
 
     model, _ = build_pixellm("tiny-demo")
@@ -101,6 +101,13 @@ def test_tiny_demo_llm_starts_at_its_width_scale():
             assert p.std().item() == pytest.approx(128**-0.5, rel=0.1), name
     assert PixelLMConfig.from_preset("pixellm-7b").text_config.initializer_range == 0.02
     assert PixelLMConfig.from_preset("tiny").text_config.initializer_range == 0.02
+    # one scale, the tower's last layer: one two-way transformer, 3 codebook tokens a target, and
+    # a target's mask decoded from it (the released presets and `tiny` keep two scales)
+    assert model.config.vision_select_layers == [-1] and model.config.num_codebook_tokens == 3
+    assert len(model.mask_decoder.transformer) == 1
+    for preset in ("tiny", "pixellm-7b"):
+        cfg = PixelLMConfig.from_preset(preset)
+        assert cfg.num_scales == 2 and cfg.num_codebook_tokens == 6, preset
 
 
 def test_unknown_preset_and_bad_config():

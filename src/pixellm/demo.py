@@ -58,7 +58,7 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         val_samples=VAL_QUESTIONS,
         max_length=192,
         system_prompt="",
-        # the frozen stage-1 tower's features of the 4,000 training images (~260 MiB): each image
+        # the frozen stage-1 tower's features of the 4,000 training images (~130 MiB): each image
         # comes back ~5 times in 1300 x 16 questions
         vision_cache_mb=512,
         # the LLM and its image-token projector at half the rate: over 5 seeds the answers that need
