@@ -101,8 +101,8 @@ def test_tiny_demo_starts_its_llm_at_width_scale_and_reads_one_scale():
             assert p.std().item() == pytest.approx(128**-0.5, rel=0.1), name
     assert PixelLMConfig.from_preset("pixellm-7b").text_config.initializer_range == 0.02
     assert PixelLMConfig.from_preset("tiny").text_config.initializer_range == 0.02
-    # one scale, the tower's last layer: one two-way transformer, 3 codebook tokens a target, and
-    # a target's mask decoded from it (the released presets and `tiny` keep two scales)
+    # one scale, the tower's last layer: one two-way transformer and 3 codebook tokens a target
+    # (the released presets and `tiny` keep two scales)
     assert model.config.vision_select_layers == [-1] and model.config.num_codebook_tokens == 3
     assert len(model.mask_decoder.transformer) == 1
     for preset in ("tiny", "pixellm-7b"):
