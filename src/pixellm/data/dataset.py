@@ -11,12 +11,14 @@ main process from DataLoader workers and is counted only for batches that were r
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from pixellm.data.sample import Sample
@@ -147,6 +149,68 @@ class SkipTally:
         return out
 
 
+class EncodedItemCache:
+    """Encoded dataset items by index, up to ``max_bytes`` of tensors (see
+    :class:`SegmentationDataset`'s ``cache_bytes``). ``get`` returns a shallow copy: the caller may
+    add or remove keys, while the tensors are shared and must not be written to (collation copies
+    them into new batch tensors). Pixel tensors equal to one already kept (another question on the
+    same image) are stored once."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: dict[int, dict[str, Any]] = {}
+        self._pixels: dict[tuple, torch.Tensor] = {}  # (shape, dtype, hash of the bytes) -> the tensor
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stats(self) -> dict[str, float]:
+        looked = self.hits + self.misses
+        return {"items": len(self), "mib": round(self.bytes / 2**20, 1), "hits": self.hits,
+                "misses": self.misses, "hit_rate": round(self.hits / looked, 4) if looked else 0.0}
+
+    def get(self, index: int) -> dict[str, Any] | None:
+        item = self._items.get(index)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return dict(item)
+
+    def put(self, index: int, item: dict[str, Any]) -> None:
+        if self.bytes >= self.max_bytes:
+            return
+        item = dict(item)
+        size = 0
+        pixels = item.get("pixel_values")
+        if isinstance(pixels, torch.Tensor):
+            shared = self._shared_pixels(pixels)
+            if shared is not None:
+                item["pixel_values"] = shared
+            else:
+                size += pixels.nbytes
+        for key, value in item.items():
+            if key != "pixel_values":
+                size += sum(v.nbytes for v in (value if isinstance(value, (list, tuple)) else [value])
+                            if isinstance(v, torch.Tensor))
+        self._items[index] = item
+        self.bytes += size
+
+    def _shared_pixels(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """The kept tensor equal to ``pixels``, or None after keeping ``pixels`` itself."""
+        digest = hashlib.blake2b(pixels.contiguous().view(torch.uint8).numpy().tobytes(), digest_size=16)
+        key = (tuple(pixels.shape), pixels.dtype, digest.digest())
+        kept = self._pixels.get(key)
+        if kept is not None and torch.equal(kept, pixels):
+            return kept
+        if kept is None:
+            self._pixels[key] = pixels
+        return None
+
+
 class SegmentationDataset(Dataset):
     """Samples of several sources, concatenated; item ``i`` encodes sample ``i`` (or a replacement).
 
@@ -161,6 +225,11 @@ class SegmentationDataset(Dataset):
         names: one label per source (error messages); default ``source0``, ``source1`` ...
         read_skips: counts per reason already skipped while reading (``muse_samples`` /
             ``vqa_samples``), kept in ``self.read_skips`` for the report.
+        cache_bytes: keep encoded items in memory up to this many bytes of tensors (0 = off), so
+            that an item drawn again is not decoded and tokenized again. Encoding is a function
+            of the sample, so a cached item equals a fresh one; an image's pixel tensor is kept
+            once for all of its questions. Items are added until the budget is reached; after
+            that the cache is only read. With DataLoader workers each worker keeps its own.
     """
 
     def __init__(
@@ -169,6 +238,7 @@ class SegmentationDataset(Dataset):
         encode: EncodeFn,
         names: Sequence[str] = (),
         read_skips: Mapping[str, int] | None = None,
+        cache_bytes: int = 0,
     ):
         self.sources = [list(s) for s in sources]
         self.names = list(names) or [f"source{i}" for i in range(len(self.sources))]
@@ -181,6 +251,7 @@ class SegmentationDataset(Dataset):
             raise ConfigError(f"training data set(s) {empty} have no usable samples")
         self.sizes = [len(s) for s in self.sources]
         self.offsets = np.cumsum([0, *self.sizes])
+        self.cache = EncodedItemCache(cache_bytes) if cache_bytes > 0 else None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -193,7 +264,17 @@ class SegmentationDataset(Dataset):
         return src, index - int(self.offsets[src])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        src, local = self.locate(int(index))
+        if self.cache is not None:
+            cached = self.cache.get(int(index))
+            if cached is not None:
+                return cached
+        item = self._encode_item(int(index))
+        if self.cache is not None:
+            self.cache.put(int(index), item)
+        return item
+
+    def _encode_item(self, index: int) -> dict[str, Any]:
+        src, local = self.locate(index)
         samples = self.sources[src]
         skips: list[Skip] = []
         for attempt in range(MAX_RETRIES):

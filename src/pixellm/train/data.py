@@ -61,10 +61,11 @@ def collate_train(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict
 
 
 def build_training_data(
-    sources: Sequence[DataSource], processor: PixelLMProcessor, seed: int
+    sources: Sequence[DataSource], processor: PixelLMProcessor, seed: int, cache_bytes: int = 0
 ) -> tuple[SegmentationDataset, list[float]]:
     """Dataset over every configured source (records skipped while reading in
-    ``dataset.read_skips``) and the sources' sampling rates."""
+    ``dataset.read_skips``; encoded items cached up to ``cache_bytes``) and the sources'
+    sampling rates."""
     if not sources:
         raise ConfigError("train config data: no training data set configured")
     rng = random.Random(seed)
@@ -75,7 +76,8 @@ def build_training_data(
             logger.warning("%s (%s): %s while reading", src.name, src.path, skipped_report(bad))
         loaded.append(samples)
         read_skips.update(bad)
-    dataset = SegmentationDataset(loaded, processor.encode_example, [s.name for s in sources], read_skips)
+    dataset = SegmentationDataset(loaded, processor.encode_example, [s.name for s in sources], read_skips,
+                                  cache_bytes=cache_bytes)
     return dataset, [s.rate for s in sources]
 
 

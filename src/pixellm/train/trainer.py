@@ -63,6 +63,7 @@ class TrainResult:
     stopped_early: bool = False
     precision: dict[str, str] = field(default_factory=dict)  # what ``precision`` resolved to, and why
     vision_cache: dict[str, float] | None = None  # FrozenVisionCache.stats() when one was used
+    sample_cache: dict[str, float] | None = None  # EncodedItemCache.stats() (loading in the main process)
     model: Any = None
     processor: Any = None
 
@@ -227,7 +228,7 @@ class Trainer:
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             fsdp.shard_model(self.model, acc.device, acc.mixed_precision)
         self.pad_id = self.processor.pad_token_id
-        self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed)
+        self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed, cfg.sample_cache_mb * 2**20)
         # Records skipped while reading the files are counted once, by the main process.
         self._prior_skips = SkipTally(self.dataset.read_skips if acc.is_main_process else None)
         self._own_skips = SkipTally()
@@ -537,6 +538,9 @@ class Trainer:
         )
         # FSDP: the whole model gathered into an unsharded one on the main process (None elsewhere).
         final = fsdp.consolidate(self.model, cfg) if self.fsdp and not stopped else None
+        if self.dataset.cache is not None and not cfg.num_workers:  # workers keep their own caches
+            result.sample_cache = self.dataset.cache.stats()
+            logger.info("encoded-sample cache: %s", result.sample_cache)
         if not self.fsdp:
             final = acc.unwrap_model(self.model)
             if final.vision_cache is not None:  # the run's images only: do not hand it on
