@@ -61,7 +61,7 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         # the frozen stage-1 tower's features of the 4,000 training images (~130 MiB): each image
         # comes back ~5 times in 1300 x 16 questions
         vision_cache_mb=512,
-        # the 8,000 encoded questions (~270 MiB): each comes back ~2.6 times in 1300 x 16, and
+        # the 8,000 encoded questions (~250 MiB): each comes back ~2.6 times in 1300 x 16, and
         # decoding + tokenizing was ~10% of a step (docs/training.md, seventeenth round)
         sample_cache_mb=512,
         # the LLM and its image-token projector at half the rate: over 5 seeds the answers that need

@@ -108,7 +108,7 @@ class TrainConfig:
     vision_cache_mb: int = 0
     # Keep encoded training samples (pixels, masks, token ids) in memory, up to this many MiB, so
     # that a sample drawn again is not decoded and tokenized again (0 = off). The results are the
-    # same; about 35 KiB a question of the tiny presets (an image's pixels kept once), far more at
+    # same; about 32 KiB a question of the tiny presets (an image's pixels kept once), far more at
     # 448 px. With DataLoader workers each worker keeps its own.
     sample_cache_mb: int = 0
     # optimisation
