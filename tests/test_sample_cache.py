@@ -4,6 +4,8 @@ run with the cache trains exactly like one without."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_data_dataset import fake_encode, write_data
@@ -89,6 +91,8 @@ def test_training_with_the_sample_cache_matches_training_without(synth_dir, tmp_
     assert runs[0].sample_cache is None
     stats = runs[64].sample_cache
     assert stats["hits"] == 8 * 4 - 24 and stats["items"] == 24
+    summary = json.loads((tmp_path / "cache64" / "train_summary.json").read_text())
+    assert summary["sample_cache"] == stats and summary["vision_cache"] is None
     assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[64].history]
     weights = dict(runs[0].model.named_parameters())
     for name, p in runs[64].model.named_parameters():

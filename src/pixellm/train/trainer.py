@@ -584,5 +584,6 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None 
         with open(Path(cfg.output_dir) / "train_summary.json", "w", encoding="utf-8") as f:
             json.dump({"step": result.step, "samples": result.samples, "seconds": result.seconds,
                        "samples_per_second": result.samples_per_second, "validation": result.validation,
-                       "skipped": result.skipped, "vision_cache": result.vision_cache}, f, indent=2)
+                       "skipped": result.skipped, "vision_cache": result.vision_cache,
+                       "sample_cache": result.sample_cache}, f, indent=2)
     return result
