@@ -255,10 +255,13 @@ def pretrain_vision_tower(
     tower.eval()
     acc = None
     if held_out is not None:
+        # in batches of 64, as llm_grid_features (1000 images at once: 3.0-3.3 against 1.9-2.1 s)
         with torch.no_grad():
-            feats = _features(tower, held_out.pixel_values, held_out.resized_sizes, select_layers[:1],
-                              pos_interpolation, image_size)
-            pred = heads[0](feats[0])[:, :k].argmax(1)
+            pred = torch.cat([
+                heads[0](_features(tower, held_out.pixel_values[i : i + 64], held_out.resized_sizes[i : i + 64],
+                                   select_layers[:1], pos_interpolation, image_size)[0])[:, :k].argmax(1)
+                for i in range(0, len(held_out), 64)
+            ])
         fg = held_out.labels > 0
         acc = float((pred[fg] == held_out.labels[fg]).float().mean()) if bool(fg.any()) else None
     return VisionPretrainResult(losses, seconds, acc, asdict(cfg))
