@@ -264,13 +264,13 @@ class SegmentationDataset(Dataset):
         return src, index - int(self.offsets[src])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.cache is not None:
-            cached = self.cache.get(int(index))
-            if cached is not None:
-                return cached
-        item = self._encode_item(int(index))
-        if self.cache is not None:
-            self.cache.put(int(index), item)
+        index = int(index)
+        if self.cache is None:
+            return self._encode_item(index)
+        item = self.cache.get(index)
+        if item is None:
+            item = self._encode_item(index)
+            self.cache.put(index, item)
         return item
 
     def _encode_item(self, index: int) -> dict[str, Any]:
