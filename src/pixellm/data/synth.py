@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import binary_dilation
 
 from pixellm.data.masks import encode_rle
 from pixellm.data.prompts import INSTRUCTIONS, join_words
@@ -182,6 +181,19 @@ def _raster(kind: str, cx: float, cy: float, s: int, xx: np.ndarray, yy: np.ndar
     return (yy >= top) & (yy <= cy + h) & (np.abs(xx - cx) <= (yy - top) / 2.0)
 
 
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """``mask`` dilated by one pixel in all 8 directions (a 3 x 3 square, nothing beyond the
+    border): the same as ``scipy.ndimage.binary_dilation`` with ``np.ones((3, 3))``, as two
+    1-D passes, ~10x faster on these small canvases (it was a quarter of writing the demo set)."""
+    rows = mask.copy()
+    rows[1:] |= mask[:-1]
+    rows[:-1] |= mask[1:]
+    out = rows.copy()
+    out[:, 1:] |= rows[:, :-1]
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
 def generate_scene(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Scene:
     """Place shapes one by one, re-drawing any that would break the visibility rules."""
     size, pad = cfg.size, cfg.max_extent
@@ -211,7 +223,7 @@ def generate_scene(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -
                 for p in shapes:
                     p.mask = p.mask & ~visible
                 shapes.append(Shape(colour, kind, s, visible, full_area))
-                grown.append(binary_dilation(full, structure=np.ones((3, 3), bool)))
+                grown.append(_grow(full))
                 break
             else:
                 break  # this shape found no place: start the scene again
@@ -517,8 +529,9 @@ def write_synth(
             records.append(record)
             bar.update(len(record["questions"]))
         bar.close()
-        with open(out / f"{split}.json", "w", encoding="utf-8") as f:
-            json.dump(records, f, separators=(",", ":"))
+        # json.dumps, not json.dump: only the one-shot call uses the C encoder (2.3 against ~0.4 s
+        # for the demo's 8,000 questions), and the bytes are the same
+        (out / f"{split}.json").write_text(json.dumps(records, separators=(",", ":")), encoding="utf-8")
         counts = [len(a) for r in records for a in r["answers"]]
         info["splits"][split] = {
             "images": len(records),
