@@ -30,14 +30,21 @@ def orthogonalize(update: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7
     about [0.7, 1.2]), by Newton-Schulz iterations in fp32."""
     a, b, c = NS_COEFFICIENTS
     x = update.float()
+    single = x.dim() == 2
+    if single:  # baddbmm takes a batch of matrices
+        x = x[None]
     wide = x.size(-2) <= x.size(-1)
     if not wide:  # iterate on the smaller Gram matrix
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x if wide else x.mT).to(update.dtype)
+        # b * gram + c * gram @ gram, then a * x + that @ x, each as one GEMM that scales and adds
+        # (beta, alpha): no separate element-wise passes over the stack (the demo's optimizer step
+        # on one AVX2 thread: docs/training.md, eighteenth round)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x if wide else x.mT
+    return (x[0] if single else x).to(update.dtype)
 
 
 def muon_lr_ratio(shape: torch.Size) -> float:
