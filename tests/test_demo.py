@@ -18,6 +18,8 @@ def demo_run(tmp_path_factory):
     cfg = demo_config(out, steps=2, seed=1)
     cfg.batch_size = cfg.effective_batch = 4
     cfg.val_every = 1
+    # stage 1 hands its features over for fp32 runs (under bf16 autocast the cache's keys differ)
+    cfg.precision = "fp32"
     metrics = run_demo(out, steps=2, seed=1, train_questions=24, val_questions=6, progress=False, config=cfg,
                        vision=STAGE1)
     return out, metrics
@@ -46,6 +48,12 @@ def test_demo_writes_metrics_report_examples_and_checkpoint(demo_run):
     assert saved["vision_pretraining"]["config"]["steps"] == 3
     assert (out / "vision_tower" / "config.json").is_file()
     assert saved["training"]["config"]["vision_weights"] == str(out / "vision_tower")
+    # stage 2 read stage 1's features of the training images: it ran the tower on held-out ones only
+    cache = saved["training"]["vision_cache"]
+    assert cache["misses"] <= saved["samples"] and cache["hits"] >= saved["training"]["samples"]
+    probe = saved["vision_pretraining"]["shape_probe"]
+    assert probe["random_tower"] is None and 0.0 <= probe["pretrained_tower"] <= 1.0  # the demo skips the baseline
+    assert "majority class" in report
     assert set(saved["seconds_per_stage"]) == {"data", "vision_pretraining", "training", "inference_and_evaluation"}
     assert saved["training"]["precision"]["chosen"] in ("fp32", "bf16") and saved["training"]["precision"]["reason"]
     records = json.loads((out / "data" / "val.json").read_text())
@@ -67,6 +75,8 @@ def test_demo_rerun_reuses_data_and_stage1(demo_run):
     again = run_demo(out, steps=1, seed=1, train_questions=24, val_questions=6, progress=False, config=cfg,
                      vision=STAGE1)
     assert again["vision_pretraining"]["reused"] is True
+    # nothing handed over from a reused stage 1: stage 2 ran the tower on its training images too
+    assert again["training"]["vision_cache"]["misses"] > metrics["training"]["vision_cache"]["misses"]
     assert (out / "vision_tower" / "model.safetensors").read_bytes() == tower
     assert (out / "data" / "train.json").stat().st_mtime_ns == data
 

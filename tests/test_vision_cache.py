@@ -11,7 +11,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from pixellm.conventions import grid_valid_mask
 from pixellm.errors import ConfigError
-from pixellm.model.vision import FrozenVisionCache, clip_multiscale_features
+from pixellm.model.vision import FrozenVisionCache, clip_multiscale_features, tower_digest
 from pixellm.train.config import TrainConfig
 from pixellm.train.trainer import train
 
@@ -64,6 +64,39 @@ def test_cache_stops_adding_at_its_budget_and_still_answers():
         torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-5)
     cache.features(tower, pixels, None, LAYERS)
     assert (cache.hits, cache.misses) == (1, 5)  # only the kept image hits
+
+
+def test_features_added_from_outside_are_read_back_within_the_budget():
+    """What stage 1 hands to stage 2: features computed elsewhere are stored under the keys the
+    model's lookup computes (pixels + valid mask), and count against the same budget."""
+    tower = tiny_tower()
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    valid = grid_valid_mask(torch.tensor([[64, 64], [64, 40], [32, 64]]), 64, 8)
+    one_image = len(LAYERS) * 64 * 32 * 4  # 64 patches x 32 channels x fp32, per selected layer
+    cache = FrozenVisionCache(max_bytes=2 * one_image, tower_digest=tower_digest(tower))
+    computed = direct(tower, pixels, valid)
+    cache.add(pixels, valid, computed)
+    assert len(cache) == 2 and cache.bytes == 2 * one_image  # the third did not fit
+    got = cache.features(tower, pixels[:2], valid[:2], LAYERS)
+    assert (cache.hits, cache.misses) == (2, 0)
+    for g, ref in zip(got, computed):
+        assert torch.equal(g, ref[:2])  # the stored rows themselves
+    cache.features(tower, pixels[:1], valid[1:2], LAYERS)  # another valid mask: another image
+    assert cache.misses == 1
+
+
+def test_tower_digest_follows_the_weights():
+    a, b = tiny_tower(), tiny_tower()
+    assert tower_digest(a) == tower_digest(b)
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert tower_digest(a) != tower_digest(b)
+
+
+def test_trainer_refuses_features_of_another_tower(synth_dir, tmp_path):  # noqa: F811
+    cfg = make_cfg(synth_dir, tmp_path / "other", vision_cache_mb=64, steps=1, save_every=100, val_every=100)
+    with pytest.raises(ConfigError, match="another tower"):
+        train(cfg, vision_cache=FrozenVisionCache(2**20, tower_digest="not this tower"))
 
 
 def test_cache_key_depends_on_the_autocast_state():

@@ -22,6 +22,7 @@ from pixellm.train.vision_pretrain import (
     pretrain_vision_tower,
     save_pretrained_tower,
     to_patches,
+    tower_features,
 )
 
 
@@ -98,6 +99,9 @@ def test_stage1_loss_falls_and_the_llm_grid_learns_shape(tmp_path):
     recipe = VisionPretrainConfig(steps=700, batch_size=16, lr=2e-3)
     result = pretrain_vision_tower(model.vision_tower, fit, cfg.vision_select_layers, recipe, held_out=held)
     after = shape_probe(model, dense, shapes, n_fit)
+    # the demo's way: the probe from the features it hands on to stage 2 gives the same accuracy
+    assert shape_probe(model, dense, shapes, n_fit, tower_features(model, dense.pixel_values,
+                                                                   dense.resized_sizes)[0]) == after
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     assert last < 0.5 * first
     majority = max(shapes[n_fit:].count(s) for s in set(shapes)) / (len(shapes) - n_fit)
@@ -138,3 +142,18 @@ def test_a_random_preset_starts_from_vision_weights(tmp_path):
     train_cfg.vision_weights = str(tmp_path / "other")
     with pytest.raises(ConfigError, match="vision hidden_size is 64"):
         build_model(train_cfg)
+
+
+def test_cli_scores_the_random_tower_only_when_asked(tmp_path, capsys):
+    import json
+
+    from pixellm.cli import main
+
+    write_synth(tmp_path / "d", {"train": 40}, seed=0)
+    for flag, out in (([], "plain"), (["--probe-random-tower"], "baseline")):
+        assert main(["vision-pretrain", "--data", str(tmp_path / "d" / "train.json"), "--out", str(tmp_path / out),
+                     "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--no-progress", *flag]) == 0
+        probe = json.loads((tmp_path / out / "vision_pretrain.json").read_text())["summary"]["shape_probe"]
+        assert (probe["random_tower"] is not None) == bool(flag)
+        assert 0.0 <= probe["pretrained_tower"] <= 1.0
+    assert "majority class" in capsys.readouterr().out

@@ -25,6 +25,7 @@ import numpy as np
 
 from pixellm.conventions import SEG_MARKER
 from pixellm.data.sample import SEG_PLACEHOLDER
+from pixellm.model.vision import FrozenVisionCache
 from pixellm.train.config import DataSource, LoraSettings, OptimSettings, TrainConfig
 from pixellm.train.vision_pretrain import VisionPretrainConfig
 
@@ -82,7 +83,8 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         output_dir=str(out / "run"),
         save_every=max(1, steps // 2),
         keep_checkpoints=1,
-        val_every=max(1, steps // 4),
+        # halfway and at the end (a pass over the 200 held-out questions costs ~2 s on one AVX2 thread)
+        val_every=max(1, steps // 2),
         log_every=10,
     )
 
@@ -103,20 +105,29 @@ def synth_is_cached(folder: Path, splits: dict[str, int], seed: int) -> bool:
 
 
 def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: VisionPretrainConfig,
-                 progress: bool = True, probe_images: int = 1000) -> dict[str, Any]:
+                 progress: bool = True, probe_images: int = 1000, probe_random_tower: bool = False,
+                 feature_cache: FrozenVisionCache | None = None) -> dict[str, Any]:
     """Stage 1 (``pixellm.train.vision_pretrain``) on the training split, cached in ``folder``:
     a rerun with the same data, model and recipe reuses the saved tower. Returns its summary,
-    with linear-probe accuracies of the largest object's shape on the LLM's grid features,
-    before and after (fit on the first images, scored on the last ``probe_images``)."""
+    with the linear-probe accuracy of the largest object's shape on the LLM's grid features of
+    the trained tower (fit on the first images, scored on the last ``probe_images``), and of the
+    random tower it started from with ``probe_random_tower`` (one more pass over the images).
+
+    ``feature_cache``: receives the trained tower's features of the training images, which the
+    probe computes anyway, for stage 2 to read instead of running the tower again (its
+    ``tower_digest`` is set; left empty when the stage is reused from ``folder``)."""
     import hashlib
 
+    from pixellm.conventions import grid_valid_mask
     from pixellm.model.configuration_pixellm import PixelLMConfig
+    from pixellm.model.vision import tower_digest
     from pixellm.train.setup import build_model
     from pixellm.train.vision_pretrain import (
         cached_result,
         dense_set_from_muse,
         pretrain_vision_tower,
         save_pretrained_tower,
+        tower_features,
     )
 
     config = PixelLMConfig.from_preset(cfg.preset, **cfg.model_overrides)  # what build_model builds
@@ -137,12 +148,21 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
     n_fit = len(dense) - min(probe_images, len(dense) // 4)
     fit, held = _split_dense(dense, n_fit)
     shapes = largest_object_shape(train_json)  # None unless the synthetic set's shape names
-    before = shape_probe(model, dense, shapes, n_fit) if shapes else None
+    before = shape_probe(model, dense, shapes, n_fit) if shapes and probe_random_tower else None
     result = pretrain_vision_tower(
         model.vision_tower, fit, model.config.vision_select_layers, recipe,
         model.config.pos_interpolation, held_out=held, progress=progress,
     )
-    after = shape_probe(model, dense, shapes, n_fit) if shapes else None
+    after = None
+    if shapes or feature_cache is not None:
+        features = tower_features(model, dense.pixel_values, dense.resized_sizes)
+        if shapes:
+            after = shape_probe(model, dense, shapes, n_fit, features[0])
+        if feature_cache is not None:
+            valid = grid_valid_mask(dense.resized_sizes.long(), config.image_size, config.vision_grid)
+            feature_cache.tower_digest = tower_digest(model.vision_tower)
+            feature_cache.add(dense.pixel_values, valid, features)
+        del features
     summary = {
         "seconds": round(result.seconds, 1),
         "final_loss": round(sum(result.losses[-20:]) / len(result.losses[-20:]), 4),
@@ -152,7 +172,7 @@ def vision_stage(cfg: TrainConfig, train_json: Path, folder: Path, recipe: Visio
         "config": result.config,
     }
     save_pretrained_tower(model.vision_tower, folder, result, fingerprint, summary)
-    probe = f", largest-object shape probe {before:.2f} -> {after:.2f}" if shapes else ""
+    probe = f", largest-object shape probe {_probe_text(summary['shape_probe'])}" if shapes else ""
     print(f"vision pre-training: {result.seconds:.0f} s, held-out pixel accuracy {result.pixel_accuracy:.3f}{probe}")
     return summary
 
@@ -178,14 +198,24 @@ def largest_object_shape(path: Path) -> list[int] | None:
     return out
 
 
-def shape_probe(model, dense, shapes: list[int], n_fit: int) -> float:
+def shape_probe(model, dense, shapes: list[int], n_fit: int, features=None) -> float:
+    """Held-out accuracy of a linear probe for the largest object's shape on the LLM's grid
+    features of ``model``'s tower (``features``: that tower's first selected layer over
+    ``dense``, when already computed)."""
     import torch
 
     from pixellm.train.vision_pretrain import linear_probe_accuracy, llm_grid_features
 
-    x = llm_grid_features(model, dense.pixel_values, dense.resized_sizes)
+    x = llm_grid_features(model, dense.pixel_values, dense.resized_sizes, features)
     y = torch.tensor(shapes)
     return round(linear_probe_accuracy(x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:]), 4)
+
+
+def _probe_text(probe: dict[str, Any]) -> str:
+    after = f"{probe['pretrained_tower']:.2f} (majority class {probe['majority']:.2f}"
+    if probe.get("random_tower") is not None:
+        return f"{probe['random_tower']:.2f} -> {after})"
+    return after + ")"
 
 
 def _majority(values: list[int]) -> float:
@@ -292,9 +322,8 @@ def stage1_text(metrics: dict[str, Any]) -> str:
     v = metrics.get("vision_pretraining")
     if not v:
         return ""
-    probe = v.get("shape_probe") or {}
-    shape = (f", largest-object shape probe {probe['random_tower']:.2f} -> {probe['pretrained_tower']:.2f}"
-             if probe else "")
+    probe = v.get("shape_probe")
+    shape = f", largest-object shape probe {_probe_text(probe)}" if probe else ""
     acc = v.get("held_out_pixel_accuracy")
     return (f"stage 1 pre-trained the vision tower for {v['config']['steps']} steps ({v['seconds']:.0f} s; "
             f"held-out pixel accuracy {acc or 0:.2f}{shape}), ")
@@ -378,12 +407,18 @@ def run_demo(
     cfg.val_samples = min(cfg.val_samples, val_questions)
     t1 = time.perf_counter()
     stage1 = None
+    # stage 1's trained tower over the training images, kept for stage 2 (its first pass ran the
+    # tower on each of them again: docs/training.md, eighteenth round); read in fp32 runs only,
+    # as a bf16-autocast run keys its features apart
+    features = FrozenVisionCache(cfg.vision_cache_mb * 2**20) if cfg.vision_cache_mb else None
     if vision is not None and cfg.vision_weights:
         recipe = dataclasses.replace(vision, seed=seed)
-        stage1 = vision_stage(cfg, data / "train.json", Path(cfg.vision_weights), recipe, progress=progress)
+        stage1 = vision_stage(cfg, data / "train.json", Path(cfg.vision_weights), recipe, progress=progress,
+                              feature_cache=features)
     stages["vision_pretraining"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    result = train(cfg, export_dir=out / "checkpoint")
+    result = train(cfg, export_dir=out / "checkpoint", vision_cache=features if features is not None and len(features) else None)
+    del features
     stages["training"] = time.perf_counter() - t1
     t1 = time.perf_counter()
 

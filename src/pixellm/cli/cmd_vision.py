@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per update (default: the demo recipe's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random model and of the image order")
+    p.add_argument("--probe-random-tower", action="store_true",
+                   help="also score the shape probe on the random tower before training, a baseline "
+                   "(one more pass over the images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -44,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     recipe = dataclasses.replace(VisionPretrainConfig(seed=args.seed), **{k: v for k, v in given.items() if v is not None})
     cfg = TrainConfig(preset=args.preset, seed=args.seed, trainable="all_but_vision")
     cfg.lora.enabled = False
-    summary = vision_stage(cfg, data, Path(args.out), recipe, progress=not args.no_progress)
+    summary = vision_stage(cfg, data, Path(args.out), recipe, progress=not args.no_progress,
+                           probe_random_tower=args.probe_random_tower)
     print(f"vision tower: {args.out} (held-out pixel accuracy {summary.get('held_out_pixel_accuracy') or 0:.3f})")
     return 0

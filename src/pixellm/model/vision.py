@@ -92,6 +92,16 @@ def clip_multiscale_features(
     return [states[i][:, 1:] for i in wanted]
 
 
+def tower_digest(tower: nn.Module) -> str:
+    """A hash of a tower's parameters and buffers (names, shapes, dtypes, values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in tower.state_dict().items():
+        t = t.detach().contiguous().cpu()
+        h.update(repr((name, tuple(t.shape), t.dtype)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 class FrozenVisionCache:
     """The selected hidden states of a *frozen* vision tower, kept per image in memory.
 
@@ -106,8 +116,11 @@ class FrozenVisionCache:
     not change while it is attached: the trainer does so only when no tower parameter trains.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, tower_digest: str | None = None) -> None:
         self.max_bytes = int(max_bytes)
+        # which tower the entries belong to, when they were added from outside (:meth:`add`):
+        # the trainer refuses to attach the cache to any other (:func:`tower_digest`)
+        self.tower_digest = tower_digest
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -132,6 +145,24 @@ class FrozenVisionCache:
             h.update(valid.detach().to(torch.uint8).cpu().numpy().tobytes())
         return h.digest()
 
+    def _store(self, key: bytes, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        rows = [r.clone() for r in rows]  # own storage: not a view of the batch
+        size = sum(r.numel() * r.element_size() for r in rows)
+        if key not in self._entries and self.bytes + size <= self.max_bytes:
+            self._entries[key] = rows
+            self.bytes += size
+        return rows
+
+    def add(self, pixel_values: torch.Tensor, valid_patches: torch.Tensor | None,
+            states: list[torch.Tensor]) -> None:
+        """Keep features computed elsewhere (``clip_multiscale_features`` of these images, one
+        tensor per selected layer, under the autocast state the cache will be read in): the demo's
+        stage 1 has run its trained tower over the training images already. Set ``tower_digest``
+        so that the trainer checks that stage 2 loads the same tower."""
+        for i in range(pixel_values.shape[0]):
+            key = self._key(pixel_values[i], None if valid_patches is None else valid_patches[i])
+            self._store(key, [s[i] for s in states])
+
     def features(
         self,
         clip: nn.Module,
@@ -153,12 +184,7 @@ class FrozenVisionCache:
                     select_layers, pos_interpolation,
                 )
             for j, i in enumerate(missing):
-                rows = [s[j].clone() for s in states]  # own storage: not a view of the batch
-                fresh[keys[i]] = rows
-                size = sum(r.numel() * r.element_size() for r in rows)
-                if self.bytes + size <= self.max_bytes:
-                    self._entries[keys[i]] = rows
-                    self.bytes += size
+                fresh[keys[i]] = self._store(keys[i], [s[j] for s in states])
         self.hits += b - len(missing)
         self.misses += len(missing)
         found = [fresh[k] if k in fresh else self._entries[k] for k in keys]

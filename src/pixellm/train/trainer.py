@@ -31,7 +31,7 @@ import torch
 from pixellm.data.dataset import SegmentationDataset, SkipTally
 from pixellm.data.mixing import MixedSampler
 from pixellm.errors import ConfigError
-from pixellm.model.vision import FrozenVisionCache
+from pixellm.model.vision import FrozenVisionCache, tower_digest
 from pixellm.train import checkpoint as ckpt
 from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
@@ -152,8 +152,12 @@ class Trainer:
     objects in, and a resume (``_load_resume_state``) the progress counters.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None,
+                 vision_cache: FrozenVisionCache | None = None):
         self.cfg = cfg.validate()
+        # a cache filled beforehand (``FrozenVisionCache.add``), used instead of a new empty one
+        # when ``cfg.vision_cache_mb`` asks for one
+        self.given_vision_cache = vision_cache
         self.resume = resume
         self.out = Path(cfg.output_dir)
         self.export_dir = Path(export_dir) if export_dir else self.out / "final"
@@ -423,7 +427,13 @@ class Trainer:
         if any(p.requires_grad for p in model.vision_tower.parameters()):
             raise ConfigError("train config vision_cache_mb: the vision tower trains here; a cache of its "
                               "features would go stale (set it to 0)")
-        model.vision_cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
+        cache = self.given_vision_cache
+        if cache is None:
+            cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
+        elif cache.tower_digest != tower_digest(model.vision_tower):
+            raise ConfigError("the vision features given to the trainer were computed by another tower than "
+                              f"the one it loaded from vision_weights {self.cfg.vision_weights!r}")
+        model.vision_cache = cache
 
     def _abandon(self) -> None:
         """After a failure: close the bar and the writer and forget accelerate's per-process state,
@@ -575,11 +585,13 @@ class Trainer:
         forget_accelerate_state()
 
 
-def train(cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, export_dir: str | Path | None = None,
+          vision_cache: FrozenVisionCache | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from the newest complete checkpoint in
     ``cfg.output_dir``. The final model + processor are exported to ``export_dir``
-    (default ``<output_dir>/final``) unless the run stopped early (``stop_after``)."""
-    result = Trainer(cfg, resume, export_dir).run()
+    (default ``<output_dir>/final``) unless the run stopped early (``stop_after``).
+    ``vision_cache``: frozen-tower features computed beforehand (``Trainer``)."""
+    result = Trainer(cfg, resume, export_dir, vision_cache).run()
     if result.export_dir is not None and math.isfinite(result.samples_per_second):
         with open(Path(cfg.output_dir) / "train_summary.json", "w", encoding="utf-8") as f:
             json.dump({"step": result.step, "samples": result.samples, "seconds": result.seconds,

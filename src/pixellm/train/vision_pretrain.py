@@ -271,21 +271,32 @@ def pretrain_vision_tower(
     return VisionPretrainResult(losses, seconds, acc, asdict(cfg))
 
 
-def llm_grid_features(model, pixel_values: torch.Tensor, resized_sizes: torch.Tensor,
-                      batch_size: int = FEATURE_BATCH) -> torch.Tensor:
-    """What the LLM reads of each image before the projector (``model.llm_grid`` of the first
-    selected layer), flattened: ``N x g*g*C``. Batches of 64: at 256 the tiny tower's MLP
-    activations (256 x 65 x 512 floats, 34 MB) pass glibc's 32 MB mmap limit, so every one is a
-    fresh mapping whose pages fault in (4000 images: 4.8 s instead of 7.2-8.5 s, docs/training.md)."""
+def tower_features(model, pixel_values: torch.Tensor, resized_sizes: torch.Tensor,
+                   batch_size: int = FEATURE_BATCH) -> list[torch.Tensor]:
+    """``clip_multiscale_features`` of ``model``'s tower at its selected layers over a whole set,
+    in batches, without gradients: one ``N x tokens x C`` tensor per layer. Batches of 64: at 256
+    the tiny tower's MLP activations (256 x 65 x 512 floats, 34 MB) pass glibc's 32 MB mmap limit,
+    so every one is a fresh mapping whose pages fault in (4000 images: 4.8 s instead of 7.2-8.5 s,
+    docs/training.md)."""
     cfg = model.config
-    out = []
+    parts = []
     with torch.no_grad():
         for i in range(0, len(pixel_values), batch_size):
             px, rs = pixel_values[i : i + batch_size], resized_sizes[i : i + batch_size]
-            f = _features(model.vision_tower, px, rs, cfg.vision_select_layers[:1], cfg.pos_interpolation,
-                          cfg.image_size)[0]
-            out.append(model.llm_grid(f).flatten(1))
-    return torch.cat(out)
+            parts.append(_features(model.vision_tower, px, rs, cfg.vision_select_layers, cfg.pos_interpolation,
+                                   cfg.image_size))
+    return [torch.cat([p[n] for p in parts]) for n in range(len(cfg.vision_select_layers))]
+
+
+def llm_grid_features(model, pixel_values: torch.Tensor | None = None, resized_sizes: torch.Tensor | None = None,
+                      features: torch.Tensor | None = None) -> torch.Tensor:
+    """What the LLM reads of each image before the projector (``model.llm_grid`` of the first
+    selected layer), flattened: ``N x g*g*C``; from the images, or from that layer's
+    :func:`tower_features` when given."""
+    if features is None:
+        features = tower_features(model, pixel_values, resized_sizes)[0]
+    with torch.no_grad():
+        return model.llm_grid(features).flatten(1)
 
 
 def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
