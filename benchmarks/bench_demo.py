@@ -6,6 +6,10 @@ Runs ``pixellm demo`` in a subprocess with this environment (or records a finish
     python benchmarks/bench_demo.py --label native
     ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \\
         python benchmarks/bench_demo.py --label avx2-capped
+    # one thread, the estimate of a 2-vCPU AVX2 machine whose two threads share one core
+    # (docs/training.md, "Measured"):
+    OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \\
+        python benchmarks/bench_demo.py --label avx2-capped-1-thread
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def record(folder: Path, wall: float | None) -> dict:
     m = json.loads((folder / "metrics.json").read_text())
     gen, tf = m["generated"], m["teacher_forced"]
     return {
-        "machine": machine(),
+        "machine": machine() | {"torch_threads": m.get("machine", {}).get("torch_threads")},
         "seconds_per_stage": m.get("seconds_per_stage"),
         "seconds_total_without_install": m.get("seconds_total"),
         "wall_seconds_of_the_command": wall,
