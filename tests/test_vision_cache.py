@@ -99,6 +99,20 @@ def test_trainer_refuses_features_of_another_tower(synth_dir, tmp_path):  # noqa
         train(cfg, vision_cache=FrozenVisionCache(2**20, tower_digest="not this tower"))
 
 
+def test_trainer_drops_given_features_keyed_for_another_precision(synth_dir, tmp_path):  # noqa: F811
+    """Features added outside autocast are never found by a bf16-autocast run: it starts empty."""
+    from pixellm.train.setup import build_model
+
+    cfg = make_cfg(synth_dir, tmp_path / "bf16", vision_cache_mb=64, steps=1, save_every=100, val_every=100,
+                   precision="bf16")
+    model, _ = build_model(cfg)  # the same seeded random tower the trainer builds
+    given = FrozenVisionCache(2**20, tower_digest=tower_digest(model.vision_tower))
+    given.add(torch.randn(2, 3, 64, 64), None, [torch.zeros(2, 64, 128)])
+    result = train(cfg, vision_cache=given)
+    assert result.vision_cache["misses"] > 0  # a cache was used, not the given one
+    assert (given.hits, given.misses, len(given)) == (0, 0, 2)
+
+
 def test_cache_key_depends_on_the_autocast_state():
     pixels = torch.randn(3, 64, 64)
     plain = FrozenVisionCache._key(pixels, None)

@@ -92,6 +92,11 @@ def clip_multiscale_features(
     return [states[i][:, 1:] for i in wanted]
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type now; None when it is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def tower_digest(tower: nn.Module) -> str:
     """A hash of a tower's parameters and buffers (names, shapes, dtypes, values)."""
     h = hashlib.blake2b(digest_size=16)
@@ -121,6 +126,9 @@ class FrozenVisionCache:
         # which tower the entries belong to, when they were added from outside (:meth:`add`):
         # the trainer refuses to attach the cache to any other (:func:`tower_digest`)
         self.tower_digest = tower_digest
+        # the autocast dtype (None: off) of the features added from outside, if any were
+        self.added = False
+        self.added_autocast: torch.dtype | None = None
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -136,8 +144,7 @@ class FrozenVisionCache:
 
     @staticmethod
     def _key(pixels: torch.Tensor, valid: torch.Tensor | None) -> bytes:
-        dev = pixels.device.type
-        autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        autocast = autocast_dtype(pixels.device.type)
         h = hashlib.blake2b(digest_size=16)
         h.update(repr((tuple(pixels.shape), pixels.dtype, autocast)).encode())
         h.update(pixels.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
@@ -159,6 +166,7 @@ class FrozenVisionCache:
         tensor per selected layer, under the autocast state the cache will be read in): the demo's
         stage 1 has run its trained tower over the training images already. Set ``tower_digest``
         so that the trainer checks that stage 2 loads the same tower."""
+        self.added, self.added_autocast = True, autocast_dtype(pixel_values.device.type)
         for i in range(pixel_values.shape[0]):
             key = self._key(pixel_values[i], None if valid_patches is None else valid_patches[i])
             self._store(key, [s[i] for s in states])

@@ -42,6 +42,9 @@ from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
 
 logger = logging.getLogger(__name__)
+
+# accelerate's mixed_precision -> the dtype autocast computes in (the vision cache's keys hold it)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_PARTS = ("loss", "ce_loss", "ref_loss", "dice_loss")
 
 
@@ -433,6 +436,11 @@ class Trainer:
         elif cache.tower_digest != tower_digest(model.vision_tower):
             raise ConfigError("the vision features given to the trainer were computed by another tower than "
                               f"the one it loaded from vision_weights {self.cfg.vision_weights!r}")
+        elif cache.added and cache.added_autocast != AUTOCAST_DTYPES.get(self.precision.mixed_precision):
+            # keyed under another autocast state, they would never be read: not worth their memory
+            logger.info("vision features given with autocast %s, this run uses %s: starting an empty cache",
+                        cache.added_autocast, self.precision.name)
+            cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
         model.vision_cache = cache
 
     def _abandon(self) -> None:
