@@ -417,7 +417,7 @@ def run_demo(
                               feature_cache=features)
     stages["vision_pretraining"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    result = train(cfg, export_dir=out / "checkpoint", vision_cache=features if features is not None and len(features) else None)
+    result = train(cfg, export_dir=out / "checkpoint", vision_cache=features)
     del features
     stages["training"] = time.perf_counter() - t1
     t1 = time.perf_counter()

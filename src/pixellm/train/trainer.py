@@ -159,7 +159,7 @@ class Trainer:
                  vision_cache: FrozenVisionCache | None = None):
         self.cfg = cfg.validate()
         # a cache filled beforehand (``FrozenVisionCache.add``), used instead of a new empty one
-        # when ``cfg.vision_cache_mb`` asks for one
+        # when ``cfg.vision_cache_mb`` asks for one (an empty one given is replaced)
         self.given_vision_cache = vision_cache
         self.resume = resume
         self.out = Path(cfg.output_dir)
@@ -431,7 +431,7 @@ class Trainer:
             raise ConfigError("train config vision_cache_mb: the vision tower trains here; a cache of its "
                               "features would go stale (set it to 0)")
         cache = self.given_vision_cache
-        if cache is None:
+        if cache is None or not cache.added:  # nothing handed over (e.g. the demo's stage 1 was reused)
             cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
         elif cache.tower_digest != tower_digest(model.vision_tower):
             raise ConfigError("the vision features given to the trainer were computed by another tower than "
