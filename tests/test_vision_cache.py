@@ -95,8 +95,10 @@ def test_tower_digest_follows_the_weights():
 
 def test_trainer_refuses_features_of_another_tower(synth_dir, tmp_path):  # noqa: F811
     cfg = make_cfg(synth_dir, tmp_path / "other", vision_cache_mb=64, steps=1, save_every=100, val_every=100)
+    given = FrozenVisionCache(2**20, tower_digest="not this tower")
+    given.add(torch.randn(1, 3, 64, 64), None, [torch.zeros(1, 64, 128)])
     with pytest.raises(ConfigError, match="another tower"):
-        train(cfg, vision_cache=FrozenVisionCache(2**20, tower_digest="not this tower"))
+        train(cfg, vision_cache=given)
 
 
 def test_trainer_drops_given_features_keyed_for_another_precision(synth_dir, tmp_path):  # noqa: F811
