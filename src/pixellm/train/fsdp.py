@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pixellm.errors import ConfigError
+from pixellm.train.precision import autocast_dtype
 
 if TYPE_CHECKING:
     from pixellm.train.config import TrainConfig
@@ -71,8 +72,8 @@ def shard_model(model: torch.nn.Module, device: torch.device, mixed_precision: s
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     forward = _with_every_gradient(model, model.forward)
-    if mixed_precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    dtype = autocast_dtype(mixed_precision)
+    if dtype is not None:
         forward = torch.autocast(device_type=device.type, dtype=dtype)(forward)
     model.forward = forward
     return model

@@ -18,6 +18,13 @@ from pathlib import Path
 import torch
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# accelerate's ``mixed_precision`` -> the dtype autocast computes in
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of accelerate's ``mixed_precision`` (None for ``"no"``)."""
+    return AUTOCAST_DTYPES.get(mixed_precision)
 
 
 @dataclass(frozen=True)

@@ -36,15 +36,13 @@ from pixellm.train import checkpoint as ckpt
 from pixellm.train import fsdp
 from pixellm.train.config import TrainConfig
 from pixellm.train.data import build_training_data, collate_train, sample_lengths, to_device
-from pixellm.train.precision import PrecisionChoice, resolve_precision
+from pixellm.train.precision import PrecisionChoice, autocast_dtype, resolve_precision
 from pixellm.train.schedule import lr_groups, make_optimizer, warmup_decay_lr
 from pixellm.train.setup import build_model, count_parameters, trainable_state
 from pixellm.train.validate import teacher_forced_iou
 
 logger = logging.getLogger(__name__)
 
-# accelerate's mixed_precision -> the dtype autocast computes in (the vision cache's keys hold it)
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_PARTS = ("loss", "ce_loss", "ref_loss", "dice_loss")
 
 
@@ -431,17 +429,17 @@ class Trainer:
             raise ConfigError("train config vision_cache_mb: the vision tower trains here; a cache of its "
                               "features would go stale (set it to 0)")
         cache = self.given_vision_cache
-        if cache is None or not cache.added:  # nothing handed over (e.g. the demo's stage 1 was reused)
-            cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
-        elif cache.tower_digest != tower_digest(model.vision_tower):
+        if cache is not None and not cache.added:  # nothing handed over (e.g. the demo's stage 1 was reused)
+            cache = None
+        if cache is not None and cache.tower_digest != tower_digest(model.vision_tower):
             raise ConfigError("the vision features given to the trainer were computed by another tower than "
                               f"the one it loaded from vision_weights {self.cfg.vision_weights!r}")
-        elif cache.added and cache.added_autocast != AUTOCAST_DTYPES.get(self.precision.mixed_precision):
+        if cache is not None and cache.added_autocast != autocast_dtype(self.precision.mixed_precision):
             # keyed under another autocast state, they would never be read: not worth their memory
             logger.info("vision features given with autocast %s, this run uses %s: starting an empty cache",
                         cache.added_autocast, self.precision.name)
-            cache = FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
-        model.vision_cache = cache
+            cache = None
+        model.vision_cache = cache if cache is not None else FrozenVisionCache(self.cfg.vision_cache_mb * 2**20)
 
     def _abandon(self) -> None:
         """After a failure: close the bar and the writer and forget accelerate's per-process state,
