@@ -109,6 +109,9 @@ def test_demo_cli_rejects_bad_train_questions(capsys):
     assert main(["demo", "--train-questions", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pixellm demo: error: --train-questions must be >= 2, got 1"]
+    assert main(["demo", "--val-questions", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pixellm demo: error: --val-questions must be >= 2, got 0"]
 
 
 def test_demo_cli_passes_train_questions(monkeypatch, capsys):
@@ -124,6 +127,9 @@ def test_demo_cli_passes_train_questions(monkeypatch, capsys):
     monkeypatch.setattr(pixellm.demo, "run_demo", fake_run_demo)
     assert main(["demo", "--steps", "3", "--train-questions", "40", "--no-progress"]) == 0
     assert seen["train_questions"] == 40 and seen["steps"] == 3
+    assert seen["val_questions"] == pixellm.demo.VAL_QUESTIONS == 1000
+    assert main(["demo", "--val-questions", "50", "--no-progress"]) == 0
+    assert seen["val_questions"] == 50
     assert capsys.readouterr().out.strip().splitlines()[-1] == "gIoU=0.5000 cIoU=0.2500"
 
 

@@ -501,6 +501,24 @@ def test_detail_path_decodes_each_patch_token_to_its_own_pixels():
     assert not PixelLMConfig.from_preset("pixellm-7b").pixel_detail_from_tokens
 
 
+def test_detail_path_activation_is_configurable():
+    from torch import nn
+
+    gelu, relu = build(small_config(pixel_detail_channels=8)), build(small_config(pixel_detail_channels=8,
+                                                                                    pixel_detail_act="relu"))
+    acts = [type(m) for m in relu.detail.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+    assert acts == [nn.ReLU] * 5  # after the stem and in each of the 4 blocks
+    assert not any(isinstance(m, nn.ReLU) for m in gelu.detail.modules())
+    relu.load_state_dict(gelu.state_dict())  # same weights: only the activation differs
+    pixels = torch.rand(2, 3, 64, 64)
+    assert not torch.allclose(gelu.detail.features(pixels), relu.detail.features(pixels), atol=1e-4)
+    with pytest.raises(ConfigError, match="pixel_detail_act"):
+        small_config(pixel_detail_act="tanh")
+    # the demo's preset takes the cheaper ReLU; GELU stays the default
+    assert PixelLMConfig.from_preset("tiny-demo").pixel_detail_act == "relu"
+    assert PixelLMConfig.from_preset("tiny").pixel_detail_act == "gelu"
+
+
 def test_detail_path_hands_its_blocks_channels_last_gradients():
     """The per-target gather returns a contiguous gradient; the path converts it to the
     channels-last layout of its activations (a GELU backward on mixed layouts is ~5x slower)

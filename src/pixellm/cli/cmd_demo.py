@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-questions", type=int, default=None,
                    help="training questions to generate, 2 per image (default: the demo's 8000); "
                         "scale it with --steps on a faster machine")
+    p.add_argument("--val-questions", type=int, default=None,
+                   help="held-out questions to generate and evaluate, 2 per image (default: the demo's 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -30,10 +32,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     if args.train_questions is not None and args.train_questions < 2:
         raise ConfigError(f"--train-questions must be >= 2, got {args.train_questions}")
-    from pixellm.demo import TRAIN_QUESTIONS, run_demo
+    if args.val_questions is not None and args.val_questions < 2:
+        raise ConfigError(f"--val-questions must be >= 2, got {args.val_questions}")
+    from pixellm.demo import TRAIN_QUESTIONS, VAL_QUESTIONS, run_demo
 
     metrics = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress,
-                       train_questions=args.train_questions or TRAIN_QUESTIONS)
+                       train_questions=args.train_questions or TRAIN_QUESTIONS,
+                       val_questions=args.val_questions or VAL_QUESTIONS)
     tf = metrics.get("teacher_forced", {})
     print(f"report: {args.out}/report.md (teacher-forced gIoU={tf.get('gIoU', 0):.4f} cIoU={tf.get('cIoU', 0):.4f})")
     print(f"gIoU={metrics['gIoU']:.4f} cIoU={metrics['cIoU']:.4f}")

@@ -34,7 +34,7 @@ class _ChannelsLastGrad(torch.autograd.Function):
 class PixelDetailPath(nn.Module):
     """Args: channels (width of the pixel features), embed_dim (decoder width C), token_dim and
     patch_size (when given, the features also read patch tokens of that width, one per patch of
-    that size)."""
+    that size), act (``"gelu"`` or ``"relu"``, after the stem and in each block)."""
 
     def __init__(
         self,
@@ -43,16 +43,18 @@ class PixelDetailPath(nn.Module):
         dilations: tuple[int, ...] = (1, 2, 4, 8),
         token_dim: int | None = None,
         patch_size: int | None = None,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.GELU())
+        activation = {"gelu": nn.GELU, "relu": nn.ReLU}[act]
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), activation())
         self.patch_size = patch_size
         self.unpatchify = (
             nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, channels * patch_size**2))
             if token_dim else None
         )
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.GELU())
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d), activation())
             for d in dilations
         )
         self.query = nn.Linear(embed_dim, channels)

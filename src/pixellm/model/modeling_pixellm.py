@@ -178,7 +178,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             PixelDetailPath(
                 config.pixel_detail_channels, dim,
                 token_dim=config.vision_config.hidden_size if config.pixel_detail_from_tokens else None,
-                patch_size=config.vision_config.patch_size,
+                patch_size=config.vision_config.patch_size, act=config.pixel_detail_act,
             )
             if config.pixel_detail_channels else None
         )
