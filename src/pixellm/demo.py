@@ -29,10 +29,10 @@ from pixellm.model.vision import FrozenVisionCache
 from pixellm.train.config import DataSource, LoraSettings, OptimSettings, TrainConfig
 from pixellm.train.vision_pretrain import VisionPretrainConfig
 
-# Demo sizes: training questions and held-out questions of the synthetic set. The held-out
-# score of 200 questions moved by +-0.035 (sd) between sets of one model; 1000 put it within
-# +-0.015 (docs/training.md, nineteenth round). The periodic validation during training reads the
-# first 200 only.
+# Demo sizes: training questions and held-out questions of the synthetic set. One model's
+# score moved by 0.035 (sd) between sets of 200 held-out questions; the mean of 1000 is good to
+# about +-0.013 (docs/training.md, nineteenth round). The periodic validation during training
+# reads the first 200 only.
 TRAIN_QUESTIONS = 8000
 VAL_QUESTIONS = 1000
 VALIDATION_QUESTIONS = 200
