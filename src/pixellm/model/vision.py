@@ -92,8 +92,9 @@ def clip_multiscale_features(
     return [states[i][:, 1:] for i in wanted]
 
 
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast computes in on this device type now; None when it is off."""
+def _active_autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type now; None when it is off (the live
+    state, where ``pixellm.train.precision.autocast_dtype`` maps a ``mixed_precision`` setting)."""
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
@@ -144,7 +145,7 @@ class FrozenVisionCache:
 
     @staticmethod
     def _key(pixels: torch.Tensor, valid: torch.Tensor | None) -> bytes:
-        autocast = autocast_dtype(pixels.device.type)
+        autocast = _active_autocast_dtype(pixels.device.type)
         h = hashlib.blake2b(digest_size=16)
         h.update(repr((tuple(pixels.shape), pixels.dtype, autocast)).encode())
         h.update(pixels.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
@@ -166,7 +167,7 @@ class FrozenVisionCache:
         tensor per selected layer, under the autocast state the cache will be read in): the demo's
         stage 1 has run its trained tower over the training images already. Set ``tower_digest``
         so that the trainer checks that stage 2 loads the same tower."""
-        self.added, self.added_autocast = True, autocast_dtype(pixel_values.device.type)
+        self.added, self.added_autocast = True, _active_autocast_dtype(pixel_values.device.type)
         for i in range(pixel_values.shape[0]):
             key = self._key(pixel_values[i], None if valid_patches is None else valid_patches[i])
             self._store(key, [s[i] for s in states])
