@@ -91,6 +91,8 @@ def test_demo_checkpoint_loads_in_the_predictor(demo_run):
     record = json.loads((out / "data" / "val.json").read_text())[0]
     image = Image.open(out / "data" / record["file_name"])
     result = predictor(image, record["questions"][0])
+    # trained without the instruction suffix (demo_config), so asked without it
+    assert predictor.processor.instruction is False and result.question == record["questions"][0].strip()
     assert result.masks.shape[1:] == (record["height"], record["width"])
     assert result.masks.shape[0] == result.answer.count("[SEG]")
 

@@ -152,6 +152,12 @@ def test_instruction_option(processor, scripted):
     assert scripted.prepare_question(f"Where? {INSTRUCTION}") == f"Where? {INSTRUCTION}"
     plain = Predictor(scripted.model, processor, add_instruction=False)
     assert plain.prepare_question(" Where? ") == "Where?"
+    # a model trained without the suffix (its processor says so) gets questions without it
+    processor.instruction = False
+    try:
+        assert Predictor(scripted.model, processor).prepare_question(" Where? ") == "Where?"
+    finally:
+        processor.instruction = True
 
 
 def test_to_json_is_a_valid_prediction_line(scripted):

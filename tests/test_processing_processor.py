@@ -132,6 +132,25 @@ def test_save_load_round_trip_gives_identical_encodings(proc, tmp_path):
     assert loaded.parse_answer(answer_ids) == proc.parse_answer(answer_ids)
 
 
+def test_instruction_setting_is_saved_and_defaults_to_the_released_convention(proc, tmp_path):
+    import json
+
+    assert proc.instruction is True
+    proc.instruction = False
+    proc.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["instruction"] is False
+    assert PixelLMProcessor.from_pretrained(tmp_path).instruction is False
+    # a processor saved before the setting existed: the released convention
+    cfg = json.loads((tmp_path / "processor_config.json").read_text())
+    del cfg["instruction"]
+    (tmp_path / "processor_config.json").write_text(json.dumps(cfg))
+    assert PixelLMProcessor.from_pretrained(tmp_path).instruction is True
+    cfg["instruction"] = "no"
+    (tmp_path / "processor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="instruction"):
+        PixelLMProcessor.from_pretrained(tmp_path)
+
+
 def test_bad_configuration(proc):
     with pytest.raises(ConfigError, match="llm_image_grid"):
         PixelLMProcessor(proc.tokenizer, proc.image_processor, num_image_tokens=15, llm_image_grid=4)

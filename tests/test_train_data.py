@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pixellm.errors import ConfigError
 from pixellm.train.config import DataSource
@@ -155,3 +156,26 @@ def test_text_only_source_trains_answers_without_reading_or_decoding_masks(tmp_p
     assert not torch.allclose(out.ce_loss, one.ce_loss)
     out.loss.backward()
     assert model.mask_decoder.level_embed.weight.grad is not None
+
+
+def test_questions_without_the_instruction_suffix(tmp_path):
+    """``instruction=False`` (the demo's tiny model): questions as written, no suffix drawn."""
+    from pixellm.build import tiny_processor
+    from pixellm.data.prompts import INSTRUCTIONS
+    from pixellm.data.synth import write_synth
+
+    write_synth(tmp_path, {"train": 20}, seed=0)
+    sources = [DataSource(name="s", kind="synth", path=str(tmp_path / "train.json"))]
+    processor = tiny_processor()
+    records = json.loads((tmp_path / "train.json").read_text())
+    asked = [q for r in records for q in r["questions"]]
+    with_suffix, _ = build_training_data(sources, processor, seed=0)
+    without, _ = build_training_data(sources, processor, seed=0, instruction=False)
+    plain = [s.question for group in without.sources for s in group]
+    suffixed = [s.question for group in with_suffix.sources for s in group]
+    assert plain == [q.strip() for q in asked]
+    assert all(any(s == f"{q.strip()} {i}" for i in INSTRUCTIONS) for s, q in zip(suffixed, asked))
+    # fewer tokens per question, the same answer labels
+    a, b = with_suffix[0], without[0]
+    assert a["input_ids"].shape[0] > b["input_ids"].shape[0]
+    assert torch.equal(a["labels"][a["labels"] >= 0], b["labels"][b["labels"] >= 0])

@@ -103,15 +103,16 @@ class MuseQuestion:
             return str(self.text_answer)
         return answer_from_descriptions(self.descriptions())
 
-    def prompt(self, rng: random.Random | None = None) -> str:
-        """Question with the instruction suffix (canonical without ``rng``; inference/eval form)."""
-        return with_instruction(self.question, rng)
+    def prompt(self, rng: random.Random | None = None, instruction: bool = True) -> str:
+        """Question with the instruction suffix (canonical without ``rng``; inference/eval form),
+        or without it (``instruction=False``)."""
+        return with_instruction(self.question, rng) if instruction else self.question.strip()
 
-    def to_sample(self, rng: random.Random | None = None) -> Sample:
+    def to_sample(self, rng: random.Random | None = None, instruction: bool = True) -> Sample:
         """Training ``Sample`` with lazily decoded masks (a picklable partial)."""
         return Sample(
             image_path=self.image_path or "",
-            question=self.prompt(rng),
+            question=self.prompt(rng, instruction),
             answer=self.answer_text(),
             load_masks=partial(
                 decode_targets,
@@ -232,13 +233,15 @@ def muse_samples(
     rng: random.Random | None = None,
     source: str | None = None,
     allow_outside_root: bool = False,
+    instruction: bool = True,
 ) -> tuple[list[Sample], Counter]:
     """Training ``Sample``s of a MUSE-format file, one per question.
 
     Lenient: a record that fails ``validate_record`` is skipped and counted under
     ``malformed_record`` in the returned counter (the dataset reports it); per-question
     problems (bad masks, ``{seg}`` count) surface later, when the sample is loaded.
-    ``image_root`` defaults to the JSON file's folder. ``rng`` picks instruction paraphrases.
+    ``image_root`` defaults to the JSON file's folder. ``rng`` picks instruction paraphrases;
+    ``instruction=False`` leaves the questions without the suffix.
     A record whose image name leaves the root is skipped (``unsafe_path``, one per question)
     and logged with its record number, unless ``allow_outside_root``.
     """
@@ -267,7 +270,7 @@ def muse_samples(
             skipped["unsafe_path"] += n
             continue
         for q in _iter_record(rec, rec_pos, image_path, name):
-            samples.append(q.to_sample(rng))
+            samples.append(q.to_sample(rng, instruction))
     return samples, skipped
 
 

@@ -83,7 +83,8 @@ class Predictor:
         options: default decoding settings (greedy, 128 new tokens).
         add_instruction: append the training instruction (``pixellm.data.prompts``,
             "Please respond with segmentation mask.") to each question unless it already ends
-            with one; the segmentation data are trained with it.
+            with one, where the model was trained with it (``processor.instruction``: the
+            released model was; the demo's tiny model is not).
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class Predictor:
             raw = question.encode("utf-8", errors="replace")
         question = raw.decode("utf-8", errors="replace")
         question = question.strip()
-        if self.add_instruction and not any(question.endswith(s) for s in INSTRUCTIONS):
+        if self.add_instruction and self.processor.instruction and not any(question.endswith(s) for s in INSTRUCTIONS):
             question = with_instruction(question)
         return question
 

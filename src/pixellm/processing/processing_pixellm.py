@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 PROCESSOR_FILE = "processor_config.json"
 _CONFIG_KEYS = ("num_codebook_tokens", "num_image_tokens", "llm_image_grid", "max_length", "image_token_index",
-                "system_prompt")
+                "system_prompt", "instruction")
 
 
 @dataclass
@@ -75,6 +75,10 @@ class PixelLMProcessor:
         max_length: maximum training sequence length, image tokens included (released 512).
         image_token_index: placeholder id of image tokens in ``input_ids`` (released -200).
         system_prompt: the template's system text (released: llava_v1's; "" = none).
+        instruction: whether the model's segmentation questions end in the instruction suffix
+            ("Please respond with segmentation mask.", ``pixellm.data.prompts``; released: yes).
+            The trainer records what its data carried; the ``Predictor`` appends the suffix only
+            where this is true.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class PixelLMProcessor:
         max_length: int = 512,
         image_token_index: int = IMAGE_TOKEN_INDEX,
         system_prompt: str = SYSTEM_PROMPT,
+        instruction: bool = True,
     ):
         if llm_image_grid <= 0 or num_image_tokens != llm_image_grid**2:
             raise ConfigError(f"num_image_tokens ({num_image_tokens}) must equal llm_image_grid**2 ({llm_image_grid}**2)")
@@ -94,6 +99,8 @@ class PixelLMProcessor:
             raise ConfigError(f"max_length ({max_length}) must exceed num_image_tokens ({num_image_tokens})")
         if image_token_index >= 0:
             raise ConfigError(f"image_token_index must be negative (not a vocabulary id), got {image_token_index}")
+        if not isinstance(instruction, bool):
+            raise ConfigError(f"instruction must be true or false, got {instruction!r}")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.num_codebook_tokens = int(num_codebook_tokens)
@@ -102,6 +109,7 @@ class PixelLMProcessor:
         self.max_length = int(max_length)
         self.image_token_index = int(image_token_index)
         self.system_prompt = str(system_prompt)
+        self.instruction = instruction
         ids = add_codebook_tokens(tokenizer, self.num_codebook_tokens)
         self.codebook_token_ids: list[int] = ids[: self.num_codebook_tokens]
         self.im_start_id, self.im_end_id = ids[self.num_codebook_tokens :]

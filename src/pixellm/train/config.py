@@ -98,6 +98,10 @@ class TrainConfig:
     max_length: int = 512
     # the template's system text of a new processor: llava_v1's (released) or "" (none)
     system_prompt: str = SYSTEM_PROMPT
+    # segmentation questions end in the instruction suffix ("Please respond with segmentation
+    # mask.", a random paraphrase per question; the released convention). The saved processor
+    # records the choice, and the Predictor follows it.
+    instruction: bool = True
     num_workers: int = 0
     # Batch samples of similar length together (less padding; HF's group_by_length).
     group_by_length: bool = False

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def load_source(source: DataSource, rng: random.Random) -> tuple[list[Sample], Counter]:
-    """Samples of one configured data set (``rng`` picks instruction paraphrases), questions
-    packed into conversations of ``source.pack_turns``."""
+def load_source(source: DataSource, rng: random.Random, instruction: bool = True) -> tuple[list[Sample], Counter]:
+    """Samples of one configured data set (``rng`` picks instruction paraphrases; none with
+    ``instruction=False``), questions packed into conversations of ``source.pack_turns``."""
     from pixellm.data.muse import muse_samples
     from pixellm.data.vqa import vqa_samples
 
@@ -42,7 +42,7 @@ def load_source(source: DataSource, rng: random.Random) -> tuple[list[Sample], C
                                    allow_outside_root=source.allow_outside_root)
     else:
         samples, bad = muse_samples(source.path, source.image_root, rng=rng, source=source.name,
-                                    allow_outside_root=source.allow_outside_root)
+                                    allow_outside_root=source.allow_outside_root, instruction=instruction)
     samples = pack_conversations(samples, source.pack_turns)
     if not source.masks:
         samples = [dataclasses.replace(s, supervise_masks=False) for s in samples]
@@ -61,7 +61,8 @@ def collate_train(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict
 
 
 def build_training_data(
-    sources: Sequence[DataSource], processor: PixelLMProcessor, seed: int, cache_bytes: int = 0
+    sources: Sequence[DataSource], processor: PixelLMProcessor, seed: int, cache_bytes: int = 0,
+    instruction: bool = True,
 ) -> tuple[SegmentationDataset, list[float]]:
     """Dataset over every configured source (records skipped while reading in
     ``dataset.read_skips``; encoded items cached up to ``cache_bytes``) and the sources'
@@ -71,7 +72,7 @@ def build_training_data(
     rng = random.Random(seed)
     loaded, read_skips = [], Counter()
     for src in sources:
-        samples, bad = load_source(src, rng)
+        samples, bad = load_source(src, rng, instruction)
         if bad:
             logger.warning("%s (%s): %s while reading", src.name, src.path, skipped_report(bad))
         loaded.append(samples)
