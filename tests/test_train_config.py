@@ -65,7 +65,7 @@ def test_missing_and_invalid_yaml(tmp_path):
 
 
 def test_warmup_stable_decay_holds_the_peak_until_the_last_fraction():
-    # 1300 steps, 50 warm-up, the last 20% decaying: the demo's schedule
+    # 1300 steps, 50 warm-up, the last 20% decaying: the demo's kind of schedule
     factors = [warmup_decay_factor(s, 50, 1300, decay_fraction=0.2) for s in range(1301)]
     assert factors[0] == pytest.approx(1 / 50) and factors[49] == pytest.approx(1.0)
     assert all(f == 1.0 for f in factors[50:1041])  # the peak until step 1040
