@@ -55,9 +55,8 @@ def main() -> None:
     trainer._setup()
     trainer._start()
     model, optimizer, processor = trainer.model, trainer.optimizer, trainer.processor
-    single, _ = build_training_data(cfg.data, processor, 0, instruction=cfg.instruction)
-    packed, _ = build_training_data([dataclasses.replace(cfg.data[0], pack_turns=2)], processor, 0,
-                                    instruction=cfg.instruction)
+    single, _ = build_training_data(cfg.data, processor, 0)
+    packed, _ = build_training_data([dataclasses.replace(cfg.data[0], pack_turns=2)], processor, 0)
     arms = {"single": (single, args.batch)}
     arms.update({f"packed_{b}": (packed, b) for b in args.packed_batch})
     gen = torch.Generator().manual_seed(0)

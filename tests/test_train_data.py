@@ -159,18 +159,20 @@ def test_text_only_source_trains_answers_without_reading_or_decoding_masks(tmp_p
 
 
 def test_questions_without_the_instruction_suffix(tmp_path):
-    """``instruction=False`` (the demo's tiny model): questions as written, no suffix drawn."""
+    """A processor with ``instruction`` off (the demo's tiny model): questions as written, no
+    suffix drawn."""
     from pixellm.build import tiny_processor
     from pixellm.data.prompts import INSTRUCTIONS
     from pixellm.data.synth import write_synth
 
     write_synth(tmp_path, {"train": 20}, seed=0)
     sources = [DataSource(name="s", kind="synth", path=str(tmp_path / "train.json"))]
-    processor = tiny_processor()
     records = json.loads((tmp_path / "train.json").read_text())
     asked = [q for r in records for q in r["questions"]]
-    with_suffix, _ = build_training_data(sources, processor, seed=0)
-    without, _ = build_training_data(sources, processor, seed=0, instruction=False)
+    with_suffix, _ = build_training_data(sources, tiny_processor(), seed=0)
+    bare = tiny_processor()
+    bare.instruction = False
+    without, _ = build_training_data(sources, bare, seed=0)
     plain = [s.question for group in without.sources for s in group]
     suffixed = [s.question for group in with_suffix.sources for s in group]
     assert plain == [q.strip() for q in asked]

@@ -61,18 +61,17 @@ def collate_train(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict
 
 
 def build_training_data(
-    sources: Sequence[DataSource], processor: PixelLMProcessor, seed: int, cache_bytes: int = 0,
-    instruction: bool = True,
+    sources: Sequence[DataSource], processor: PixelLMProcessor, seed: int, cache_bytes: int = 0
 ) -> tuple[SegmentationDataset, list[float]]:
     """Dataset over every configured source (records skipped while reading in
     ``dataset.read_skips``; encoded items cached up to ``cache_bytes``) and the sources'
-    sampling rates."""
+    sampling rates. Questions carry the instruction suffix as ``processor.instruction`` says."""
     if not sources:
         raise ConfigError("train config data: no training data set configured")
     rng = random.Random(seed)
     loaded, read_skips = [], Counter()
     for src in sources:
-        samples, bad = load_source(src, rng, instruction)
+        samples, bad = load_source(src, rng, processor.instruction)
         if bad:
             logger.warning("%s (%s): %s while reading", src.name, src.path, skipped_report(bad))
         loaded.append(samples)

@@ -83,6 +83,8 @@ def build_model(cfg: TrainConfig) -> tuple[PixelLMForCausalLM, PixelLMProcessor]
         )
         if cfg.vision_weights:  # e.g. a stage-1 tower (pixellm.train.vision_pretrain)
             load_vision_weights(model, cfg.vision_weights)
+    # the question convention of this run's data (pixellm.train.data), saved with the model
+    processor.instruction = cfg.instruction
     if cfg.lora.enabled and not has_lora(model):
         apply_lora(model, lora_settings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules))
     set_trainable(model, cfg.trainable)

@@ -99,12 +99,12 @@ def make_accelerator(cfg: TrainConfig, precision: PrecisionChoice | None = None)
 
 def _validation_batches(cfg: TrainConfig, processor, pad_id: int) -> list[dict[str, Any]] | None:
     """Collated held-out batches (first ``val_samples`` questions, canonical instruction unless
-    ``cfg.instruction`` is off)."""
+    the processor's ``instruction`` is off)."""
     if not cfg.val_data:
         return None
     from pixellm.data.muse import muse_samples
 
-    samples, _ = muse_samples(cfg.val_data, rng=None, source="val", instruction=cfg.instruction)
+    samples, _ = muse_samples(cfg.val_data, rng=None, source="val", instruction=processor.instruction)
     samples = samples[: cfg.val_samples]
     if not samples:
         raise ConfigError(f"val_data {cfg.val_data}: no questions")
@@ -230,13 +230,11 @@ class Trainer:
             ds["gradient_clipping"] = cfg.optim.grad_clip
         set_seed(cfg.seed)
         self.model, self.processor = build_model(cfg)
-        self.processor.instruction = cfg.instruction  # what the data below carry, saved with the model
         self.fsdp = fsdp.requested(acc)
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             fsdp.shard_model(self.model, acc.device, acc.mixed_precision)
         self.pad_id = self.processor.pad_token_id
-        self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed, cfg.sample_cache_mb * 2**20,
-                                                  instruction=cfg.instruction)
+        self.dataset, rates = build_training_data(cfg.data, self.processor, cfg.seed, cfg.sample_cache_mb * 2**20)
         # Records skipped while reading the files are counted once, by the main process.
         self._prior_skips = SkipTally(self.dataset.read_skips if acc.is_main_process else None)
         self._own_skips = SkipTally()
