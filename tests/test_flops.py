@@ -125,3 +125,21 @@ def test_cli_json_and_bad_preset(capsys):
         main(["flops", "--preset", "gpt-4"])
     assert main(["flops", "--preset", "lisa-7b", "--tokens", "0"]) == 1
     assert "--tokens must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_cpu_attention_counted_as_on_meta(mask):
+    # torch's FlopCounterMode has no formula for its CPU flash-attention kernel (it counted 0):
+    # real CPU tensors must give the FLOPs the meta device's bmm decomposition gives
+    def attend(device):
+        q = torch.randn(2, 4, 9, 32, device=device, requires_grad=True)
+        k = torch.randn(2, 4, 11, 32, device=device, requires_grad=True)
+        v = torch.randn(2, 4, 11, 32, device=device, requires_grad=True)
+        bias = torch.zeros(2, 1, 9, 11, device=device) if mask else None
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias).sum().backward()
+
+    on_cpu, _ = count_flops(attend, "cpu")
+    on_meta, _ = count_flops(attend, "meta")
+    forward = 2 * 2 * 2 * 4 * 9 * 11 * 32  # QK^T and AV
+    assert on_meta == 3 * forward  # forward, then the gradients of both products' two inputs
+    assert on_cpu == on_meta

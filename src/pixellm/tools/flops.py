@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from pixellm.errors import ConfigError
 
@@ -36,8 +36,29 @@ DEFAULT_TEXT_TOKENS = 64  # llava_v1 system prompt (~40 LLaMA tokens) + a short 
 META = torch.device("meta")
 
 
+def count_cpu_attention() -> None:
+    """Give ``FlopCounterMode`` the FLOPs of PyTorch's CPU flash attention, which it counts as 0
+    (torch 2.13 has formulas for the CUDA kernels only; on ``meta`` tensors attention runs as
+    ``bmm``s and is counted). Forward: full ``QK^T`` and ``AV`` products, as for the CUDA kernels;
+    backward: their gradients, twice the forward, as the ``bmm``s count on ``meta`` (the kernel's
+    recomputation of ``QK^T`` is left out, as model FLOPs leave out recomputation). Idempotent."""
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None and forward not in flop_registry:
+        @register_flop_formula(forward)
+        def _cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query_shape, key_shape, value_shape)
+    if backward is not None and backward not in flop_registry:
+        @register_flop_formula(backward)
+        def _cpu_attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                                    out_shape=None, **kwargs) -> int:
+            return 2 * sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[int, Any]:
     """Run ``fn`` under ``FlopCounterMode``; returns ``(flops, result)``."""
+    count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         result = fn(*args, **kwargs)
     return int(counter.get_total_flops()), result
