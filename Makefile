@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Core install (what `pixellm demo` needs). --no-compile: pip byte-compiles every installed
 # module (torch's thousands included), 56 against 27 s of a fresh install on 2 cores; the demo's
-# first run compiles only what it imports (6-12 s; docs/training.md, sixteenth round).
+# first run compiles only what it imports (6-12 s; docs/demo-rounds.md, sixteenth round).
 install: $(BIN)/python
 	$(PIP) install --no-compile -c constraints.txt -e .
 

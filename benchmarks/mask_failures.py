@@ -1,4 +1,4 @@
-"""Where the demo's masks fail (docs/training.md, thirteenth round).
+"""Where the demo's masks fail (docs/demo-rounds.md, thirteenth round).
 
 Reads a demo folder's held-out set (``data/val.json``) and its teacher-forced predictions
 (``predictions.jsonl``, the lines with ``"teacher_forced": true``: the answer is the reference, so

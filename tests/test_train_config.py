@@ -170,7 +170,7 @@ def test_tiny_yaml_matches_the_demo_recipe(tmp_path):
     assert yaml_cfg == demo
 
 
-TEXT_ONLY_OVERRIDES = [  # docs/training.md, "The demo", eleventh round: the demo recipe plus a text-only split
+TEXT_ONLY_OVERRIDES = [  # docs/demo-rounds.md, eleventh round: the demo recipe plus a text-only split
     "data.1={name: synth_text, kind: synth, path: data/synth/train_text.json, rate: 0.5, masks: false}",
     "steps=970", "batch_size=24", "effective_batch=24", "vision_cache_mb=1024",
 ]
@@ -182,7 +182,7 @@ def test_the_documented_text_only_variant_is_the_demo_recipe_plus_one_source():
     assert text["data"][0] == base["data"][0] and base["data"][0]["masks"] is True
     assert text["data"][1]["masks"] is False and text["data"][1]["path"].endswith("train_text.json")
     assert (text["steps"], text["batch_size"], text["effective_batch"]) == (970, 24, 24)
-    docs = (ROOT / "docs" / "training.md").read_text()
+    docs = (ROOT / "docs" / "demo-rounds.md").read_text()
     assert all(o in docs for o in TEXT_ONLY_OVERRIDES)
 
 

@@ -31,7 +31,7 @@ from pixellm.train.vision_pretrain import VisionPretrainConfig
 
 # Demo sizes: training questions and held-out questions of the synthetic set. One model's
 # score moved by 0.035 (sd) between sets of 200 held-out questions; the mean of 1000 is good to
-# about +-0.013 (docs/training.md, nineteenth round). The periodic validation during training
+# about +-0.013 (docs/demo-rounds.md, nineteenth round). The periodic validation during training
 # reads the first 200 only.
 TRAIN_QUESTIONS = 8000
 VAL_QUESTIONS = 1000
@@ -66,19 +66,19 @@ def demo_config(out_dir: str | Path, steps: int = DEMO_STEPS, seed: int = 0) -> 
         system_prompt="",
         # questions without "Please respond with segmentation mask.": 7 tokens of every ~60 that
         # carry nothing. A step 6% shorter (238 against 254 ms, one AVX2 thread) and over 8 seeds
-        # held-out gIoU 0.669 against 0.665 (docs/training.md, twentieth round)
+        # held-out gIoU 0.669 against 0.665 (docs/demo-rounds.md, twentieth round)
         instruction=False,
         # the frozen stage-1 tower's features of the 4,000 training images (~130 MiB): each image
         # comes back ~5.6 times in 1400 x 16 questions
         vision_cache_mb=512,
         # the 8,000 encoded questions (~250 MiB): each comes back ~2.8 times in 1400 x 16, and
-        # decoding + tokenizing was ~10% of a step (docs/training.md, seventeenth round)
+        # decoding + tokenizing was ~10% of a step (docs/demo-rounds.md, seventeenth round)
         sample_cache_mb=512,
         # the LLM and its image-token projector at half the rate: over 5 seeds the answers that need
         # a named object looked up (absent, same colour / shape) gained, and no-target questions
-        # answered right went from 19 to 66 of 161 (docs/training.md, "The demo")
+        # answered right went from 19 to 66 of 161 (docs/demo-rounds.md)
         # Muon for the LLM's attention and MLP matrices (AdamW for the rest): over 4 seeds, paired,
-        # +0.03 held-out gIoU for ~3% more step time (docs/training.md, "The demo", eighth round)
+        # +0.03 held-out gIoU for ~3% more step time (docs/demo-rounds.md, eighth round)
         # the peak rate held until the last 20% of the steps: against linear decay, more no-target
         # questions right (tenth round: 95 against 82 of 198 with the last 30%); against the last
         # 30%, over 6 seeds +0.011 gIoU (within a run's spread), no-target the same (twelfth round)
@@ -417,7 +417,7 @@ def run_demo(
     t1 = time.perf_counter()
     stage1 = None
     # stage 1's trained tower over the training images, kept for stage 2 (its first pass ran the
-    # tower on each of them again: docs/training.md, eighteenth round); read in fp32 runs only,
+    # tower on each of them again: docs/demo-rounds.md, eighteenth round); read in fp32 runs only,
     # as a bf16-autocast run keys its features apart
     features = FrozenVisionCache(cfg.vision_cache_mb * 2**20) if cfg.vision_cache_mb else None
     if vision is not None and cfg.vision_weights:

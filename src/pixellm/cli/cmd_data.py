@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--test", type=int, default=0, help="a second held-out split (default none)")
     synth.add_argument("--train-text", type=int, default=0,
                        help="a further training split, train_text.json, of every question kind but plain "
-                            "referring, for a text-only data source (masks: false; docs/training.md)")
+                            "referring, for a text-only data source (masks: false; docs/demo-rounds.md)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     synth.add_argument("--questions-per-image", type=int, default=2)

@@ -85,7 +85,7 @@ KIND_WEIGHTS: dict[str, float] = {
 }
 # Every kind but plain referring, in the same proportions: a text-only training split
 # (``pixellm data synth --train-text``), questions for the language side whose answers need the
-# image read (docs/training.md, "The demo", eleventh round).
+# image read (docs/demo-rounds.md, eleventh round).
 REASONING_KIND_WEIGHTS: dict[str, float] = {k: w for k, w in KIND_WEIGHTS.items() if k != "refer"}
 ANSWER_ORDERS = ("category", "left_to_right")
 POSITION_MARGIN = 3.0  # px between centroids so that "leftmost" / "left of" are unambiguous

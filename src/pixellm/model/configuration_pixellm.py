@@ -297,33 +297,33 @@ def _tiny() -> dict:
 def _tiny_demo() -> dict:
     """The ``tiny`` preset as ``pixellm demo`` trains it: a 128-wide LLM (a quarter of the FLOPs
     per token; the synthetic language needs little width) that reads the 4 x 4 pooled grid (the
-    full 8 x 8 grid learned no better over 3 seeds and costs 1.4x per step; docs/training.md,
-    "The demo"), with an 8-channel pixel detail path and the tower's last layer as its one scale."""
+    full 8 x 8 grid learned no better over 3 seeds and costs 1.4x per step;
+    docs/demo-rounds.md), with an 8-channel pixel detail path and the tower's last layer as its one scale."""
     cfg = _tiny()
     # Initialised at 1/sqrt(width) instead of LLaMA's 0.02 (tuned for 4096-wide models): at 0.02 a
     # 128-wide LLaMA barely learns to look a named object up among the image tokens
     # (benchmarks/lookup_init.py); the demo's held-out generated gIoU rose on each of 5 seeds (mean
-    # 0.496 -> 0.537; docs/training.md, "The demo").
+    # 0.496 -> 0.537; docs/demo-rounds.md).
     cfg["text_config"] = _llama(128, 4, 4, 344, TINY_VOCAB_SIZE, initializer_range=128**-0.5)
     # 8 channels learned as well as 16 (seeds 0 / 1: generated gIoU 0.514 / 0.517, teacher-forced
-    # 0.893 / 0.886) with a quarter of the path's convolution FLOPs (docs/training.md, "The demo")
+    # 0.893 / 0.886) with a quarter of the path's convolution FLOPs (docs/demo-rounds.md)
     cfg["pixel_detail_channels"] = 8
     # The detail path also reads the tower's patch tokens: the masks no longer spread over a
     # touching object of the same colour (over 8 seeds teacher-forced gIoU 0.955 against 0.904,
-    # held-out generated gIoU 0.666 against 0.624; docs/training.md, thirteenth round)
+    # held-out generated gIoU 0.666 against 0.624; docs/demo-rounds.md, thirteenth round)
     cfg["pixel_detail_from_tokens"] = True
     # Each answer's first token ("The ..." or "There is no ...") counts 3 times in the text loss:
     # over 8 seeds 144 against 129 of 259 no-target questions answered right, held-out gIoU 0.624
-    # against 0.616 (both within the spread between seeds; docs/training.md, twelfth round)
+    # against 0.616 (both within the spread between seeds; docs/demo-rounds.md, twelfth round)
     cfg["answer_start_loss_weight"] = 3.0
     # One scale (the tower's last layer) instead of the released model's two: a step costs 17%
     # less, spent on 1300 stage-2 steps instead of 1100 in about the same time. Over 8 seeds
     # held-out generated gIoU 0.669 against 0.658 with two scales for 1100 steps, and 139 against
-    # 126 of 259 no-target questions right (docs/training.md, sixteenth round).
+    # 126 of 259 no-target questions right (docs/demo-rounds.md, sixteenth round).
     cfg["vision_select_layers"] = [-1]
     # ReLU instead of GELU in the detail path: a stage-2 step 240 against 250 ms on one AVX2
     # thread (alternating in one process), held-out generated gIoU 0.665 against 0.662 over 8
-    # seeds of 2,000 held-out questions each (docs/training.md, nineteenth round)
+    # seeds of 2,000 held-out questions each (docs/demo-rounds.md, nineteenth round)
     cfg["pixel_detail_act"] = "relu"
     return cfg
 

@@ -5,7 +5,7 @@ dilated convolutions over the input pixels and adds, per target, the dot product
 features with a projection of the target's finest-scale embedding to the upsampled mask logits.
 Optionally the features also read the vision tower's patch tokens: a linear map decodes each token
 to its patch's pixels (as a per-pixel linear head on the tokens tells a pixel's object category
-apart, docs/training.md), so that two touching objects of one colour get different features.
+apart, docs/demo-rounds.md), so that two touching objects of one colour get different features.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class _ChannelsLastGrad(torch.autograd.Function):
     the loss through a per-target gather that returns a plain contiguous gradient; GELU's backward
     on a channels-last input with a contiguous gradient is ~5x slower than with matching layouts
     (4.0 against 0.8 ms for 16 x 8 x 64 x 64 floats, AVX2), and the demo's step pays it five
-    times (docs/training.md, fourteenth round)."""
+    times (docs/demo-rounds.md, fourteenth round)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ class DataSource:
     conversation, every answer supervised (``data.sample.pack_conversations``); 1 = one
     question per sequence. ``masks: false`` trains this set's answers as text only (codebook
     tokens included): its masks are never read, its targets not decoded, so a sample costs the
-    LLM's share of a step only (more questions for the language side; docs/training.md).
+    LLM's share of a step only (more questions for the language side; docs/demo-rounds.md).
     """
 
     name: str = "data"

@@ -9,8 +9,8 @@ learning rate, schedule and ``lr_scale`` serve both halves.
 
 Why not ``torch.optim.Muon`` beside an ``AdamW``: the trainer, its scheduler, accelerate and the
 checkpoints hold one optimizer, and torch's Muon runs the iteration in bf16, which a CPU without
-native bf16 emulates (the demo's step took 3.5x as long on an AVX2 CPU; docs/training.md, "The
-demo"). Here the iteration runs in fp32 on the parameter's device.
+native bf16 emulates (the demo's step took 3.5x as long on an AVX2 CPU; docs/demo-rounds.md,
+eighth round). Here the iteration runs in fp32 on the parameter's device.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def orthogonalize(update: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7
         gram = x @ x.mT
         # b * gram + c * gram @ gram, then a * x + that @ x, each as one GEMM that scales and adds
         # (beta, alpha): no separate element-wise passes over the stack (the demo's optimizer step
-        # on one AVX2 thread: docs/training.md, eighteenth round)
+        # on one AVX2 thread: docs/demo-rounds.md, eighteenth round)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     x = x if wide else x.mT
     return (x[0] if single else x).to(update.dtype)

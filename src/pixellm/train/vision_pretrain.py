@@ -45,10 +45,10 @@ FEATURE_BATCH = 64
 class VisionPretrainConfig:
     """Stage-1 recipe (the demo's). Many small updates beat few large ones here: on the demo's
     synthetic set, 300 x 64 images left per-pixel shape accuracy near chance (0.45), 600 x 32
-    reached 0.83 and 1200 x 16 0.93 held-out pixel accuracy (docs/training.md, "The demo");
+    reached 0.83 and 1200 x 16 0.93 held-out pixel accuracy (docs/demo-rounds.md);
     the demo stops at 1000 x 16 to fit its time budget. The stage is limited by its rate: at 4e-3
     the same updates reach 0.95 pixel accuracy where 2e-3 reaches 0.89, and the demo's held-out
-    teacher-forced masks came out better on each of 6 seeds (docs/training.md, ninth round)."""
+    teacher-forced masks came out better on each of 6 seeds (docs/demo-rounds.md, ninth round)."""
 
     steps: int = 1000
     batch_size: int = 16
@@ -180,7 +180,7 @@ def dense_loss(head: DensePixelHead, tokens: torch.Tensor, labels: torch.Tensor,
     centroid / size values over object pixels. ``labels`` / ``geometry`` come from
     :func:`to_patches`: the loss is computed per patch, where the head's output lies, so that
     neither the logits nor their gradients are shuffled into the image layout and back (the
-    stage's step 88 against 92 ms, docs/training.md)."""
+    stage's step 88 against 92 ms, docs/demo-rounds.md)."""
     k = head.num_classes - 3
     loss = F.cross_entropy(head.per_patch(tokens, 0, k), labels, ignore_index=IGNORE)
     objects = (labels > 0)[:, None].to(geometry.dtype)
@@ -277,7 +277,7 @@ def tower_features(model, pixel_values: torch.Tensor, resized_sizes: torch.Tenso
     in batches, without gradients: one ``N x tokens x C`` tensor per layer. Batches of 64: at 256
     the tiny tower's MLP activations (256 x 65 x 512 floats, 34 MB) pass glibc's 32 MB mmap limit,
     so every one is a fresh mapping whose pages fault in (4000 images: 4.8 s instead of 7.2-8.5 s,
-    docs/training.md)."""
+    docs/demo-rounds.md)."""
     cfg = model.config
     parts = []
     with torch.no_grad():
