@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from pixellm.errors import ConfigError
 
@@ -41,7 +41,12 @@ def count_cpu_attention() -> None:
     (torch 2.13 has formulas for the CUDA kernels only; on ``meta`` tensors attention runs as
     ``bmm``s and is counted). Forward: full ``QK^T`` and ``AV`` products, as for the CUDA kernels;
     backward: their gradients, twice the forward, as the ``bmm``s count on ``meta`` (the kernel's
-    recomputation of ``QK^T`` is left out, as model FLOPs leave out recomputation). Idempotent."""
+    recomputation of ``QK^T`` is left out, as model FLOPs leave out recomputation). Idempotent;
+    does nothing on a torch without these internals."""
+    try:  # module internals, not in its __all__: a torch that moves them counts 0 as before
+        from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+    except ImportError:
+        return
     aten = torch.ops.aten
     forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
