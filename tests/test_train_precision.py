@@ -2,7 +2,12 @@
 
 import pytest
 
-from pixellm.train.precision import bf16_matmul_speedup, choose_cpu_precision, resolve_precision
+from pixellm.train.precision import (
+    bf16_matmul_speedup,
+    choose_cpu_precision,
+    probe_bf16_speedup,
+    resolve_precision,
+)
 
 
 def _never_probe() -> float:
@@ -47,3 +52,18 @@ def test_auto_on_this_cpu_uses_the_flags_and_probe():
 
 def test_probe_returns_a_positive_ratio():
     assert bf16_matmul_speedup(size=32, repeats=1) > 0
+
+
+def test_probe_stops_early_where_bf16_is_emulated_and_measures_longer_elsewhere():
+    calls = []
+
+    def measure(ratios):
+        def fn(size, repeats):
+            calls.append((size, repeats))
+            return ratios[len(calls) - 1]
+        return fn
+
+    assert probe_bf16_speedup(measure([0.03, 9.9])) == 0.03 and calls == [(256, 3)]
+    calls.clear()
+    # close to 1 on the small probe: the larger, steadier one decides
+    assert probe_bf16_speedup(measure([0.98, 1.9])) == 1.9 and calls == [(256, 3), (512, 5)]

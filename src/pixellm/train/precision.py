@@ -68,6 +68,23 @@ def bf16_matmul_speedup(size: int = 256, repeats: int = 3) -> float:
     return best(None) / max(best(torch.bfloat16), 1e-9)
 
 
+# Below this the small probe has seen emulated bf16 (0.02-0.03x where oneDNN is capped to AVX2 on
+# an AVX512-BF16 CPU), and the larger probe, ~2 s there, is not needed to say so.
+EMULATED_BELOW = 0.5
+
+
+def probe_bf16_speedup(measure: Callable[[int, int], float] = bf16_matmul_speedup) -> float:
+    """The bf16 / fp32 matmul speed ratio that ``auto`` decides on. A 256 x 256 probe answers
+    where bf16 is emulated (~0.2 s there); otherwise a 512 x 512 probe, best of 5, decides (~70 ms
+    in all on 2 cores), because the small one is noisy where the two are close: on one
+    AVX512-BF16 CPU it read 1.14-1.79x in quiet runs and 1.00x once (fp32 in one run, bf16 in
+    the next), where the larger one read 1.85-2.2x (docs/training.md, "Precision")."""
+    quick = measure(256, 3)
+    if quick < EMULATED_BELOW:
+        return quick
+    return measure(512, 5)
+
+
 def choose_cpu_precision(flags: set[str] | None, speedup: Callable[[], float]) -> PrecisionChoice:
     """bf16 where the CPU has native bf16 *and* the probe shows it is not slower; else fp32.
     ``flags`` None (no ``/proc/cpuinfo``, e.g. macOS) leaves the decision to the probe."""
@@ -87,7 +104,7 @@ def choose_cpu_precision(flags: set[str] | None, speedup: Callable[[], float]) -
 def resolve_precision(
     precision: str,
     flags: Callable[[], set[str] | None] = cpu_flags,
-    speedup: Callable[[], float] = bf16_matmul_speedup,
+    speedup: Callable[[], float] = probe_bf16_speedup,
 ) -> PrecisionChoice:
     """``auto | bf16 | fp16 | fp32`` -> what to train in. An explicit value is obeyed."""
     if precision == "fp32":
